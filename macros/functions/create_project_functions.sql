@@ -1,0 +1,6 @@
+{#- Called by dbt_project.yml's on-run-start: creates (idempotently, `create or replace`)
+    every SQL function and aggregate the models use, so a database holding only `raw` builds.
+    One line per family; each family's macro lives in its own file beside this one. -#}
+{% macro create_project_functions() -%}
+    select 1 as project_functions_created
+{%- endmacro %}

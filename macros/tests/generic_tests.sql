@@ -1,0 +1,48 @@
+{#- Generic tests of the project (no packages: the dbt hub is out of reach here). -#}
+
+{#- No two rows share the values of `combination_of_columns`. -#}
+{% test unique_combination_of_columns(model, combination_of_columns) %}
+select
+    {{ combination_of_columns | join(', ') }},
+    count(*) as copies
+from {{ model }}
+group by {{ combination_of_columns | join(', ') }}
+having count(*) > 1
+{% endtest %}
+
+
+{#- Every row satisfies `expression` (NULLs count as failures unless the expression allows them). -#}
+{% test expression_is_true(model, expression, column_name=none) %}
+select *
+from {{ model }}
+where not coalesce({{ expression }}, false)
+{% endtest %}
+
+
+{#- The column is NULL on exactly the first `warmup` bars of every pair and not after,
+    except on rows where `null_allowed_when` holds (a formula undefined there, e.g. a flat
+    window: the model's YAML says which). Bars are counted per pair in ts_utc order. -#}
+{% test warmup_nulls(model, column_name, warmup, null_allowed_when='false') %}
+with numbered as (
+    select
+        pair,
+        ts_utc,
+        {{ column_name }} is null as value_is_null,
+        coalesce({{ null_allowed_when }}, false) as null_allowed,
+        row_number() over (partition by pair order by ts_utc) as bar_number
+    from {{ model }}
+)
+
+select
+    pair,
+    ts_utc,
+    bar_number,
+    case
+        when bar_number <= {{ warmup }} then 'value inside the warm-up of {{ warmup }} bars'
+        else 'NULL after the warm-up of {{ warmup }} bars'
+    end as failure
+from numbered
+where
+    (bar_number <= {{ warmup }} and not value_is_null)
+    or (bar_number > {{ warmup }} and value_is_null and not null_allowed)
+{% endtest %}

@@ -1,0 +1,129 @@
+"""`bqx`: the command line of the feature store. Each subcommand wires one module's functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bqx import server
+from bqx.dbt import PROJECT_DIR, run_dbt
+
+
+def _dsn() -> str:
+    return server.configured_dsn(PROJECT_DIR)
+
+
+def _ensure_server() -> str:
+    """The configured DSN, starting the embedded server first when it is the one in use."""
+    import os
+
+    if os.environ.get("BQX_PG_DSN"):
+        return os.environ["BQX_PG_DSN"]
+    cluster = server.cluster_for(PROJECT_DIR)
+    return server.start(cluster, link=PROJECT_DIR / ".bqx" / "pgdata")
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    import os
+
+    external = os.environ.get("BQX_PG_DSN")
+    if args.action == "url":
+        print(_dsn())
+        return 0
+    if args.action == "status":
+        print(json.dumps(server.server_status(PROJECT_DIR), indent=2))
+        return 0
+    if external:
+        print(f"BQX_PG_DSN is set: using that server, nothing to {args.action}")
+        return 0
+    cluster = server.cluster_for(PROJECT_DIR)
+    if args.action == "start":
+        dsn = server.start(cluster, link=PROJECT_DIR / ".bqx" / "pgdata")
+        print(f"PostgreSQL running: {dsn} (data in {PROJECT_DIR / '.bqx' / 'pgdata'})")
+    elif args.action == "stop":
+        print("stopped" if server.stop(cluster) else "not running")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from bqx.generate import generate_command
+
+    generate_command(args.start, args.end, args.pairs, Path(args.out), args.format, args.seed)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from bqx.load import format_summary, load_paths
+
+    dsn = _ensure_server()
+    summary = load_paths(dsn, [Path(p) for p in args.paths], fmt=args.format, pair=args.pair)
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    dsn = _ensure_server()
+    return run_dbt(["build", "--select", "tag:wave1", *args.dbt_args], dsn).returncode
+
+
+def cmd_dbt(args: argparse.Namespace) -> int:
+    dsn = _ensure_server()
+    return run_dbt(args.dbt_args, dsn).returncode
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bqx.status import coverage, format_coverage
+
+    print(format_coverage(coverage(_ensure_server())))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bqx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the embedded PostgreSQL server (or BQX_PG_DSN's)")
+    db.add_argument("action", choices=["start", "stop", "status", "url"])
+    db.set_defaults(func=cmd_db)
+
+    gen = sub.add_parser("generate", help="deterministic synthetic M1 bars for the 28 pairs")
+    gen.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
+    gen.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (UTC)")
+    gen.add_argument("--pairs", nargs="+", default=None, help="subset of pairs (default: all 28)")
+    gen.add_argument("--format", default="csv", choices=["csv", "parquet", "histdata"])
+    gen.add_argument("--seed", type=int, default=20240701)
+    gen.add_argument("--out", required=True, help="output folder")
+    gen.set_defaults(func=cmd_generate)
+
+    load = sub.add_parser("load", help="load bar files into raw.m1_bars")
+    load.add_argument("paths", nargs="+", help="files or folders")
+    load.add_argument("--pair", default=None, help="pair of histdata files whose name does not say it")
+    load.add_argument("--format", default=None, choices=["csv", "histdata", "parquet"])
+    load.set_defaults(func=cmd_load)
+
+    build = sub.add_parser("build", help="dbt build --select tag:wave1 [extra dbt arguments]")
+    build.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    build.set_defaults(func=cmd_build)
+
+    dbt = sub.add_parser("dbt", help="any dbt command against the configured server")
+    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    dbt.set_defaults(func=cmd_dbt)
+
+    status = sub.add_parser("status", help="rows per pair × month for the source and every model")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except server.ServerError as err:
+        print(f"bqx: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Shared fixtures: a throw-away PostgreSQL server (or throw-away databases on the user's
+server when BQX_PG_DSN is set), fresh databases, dbt runs against them, and one small
+wave-1 build that the feature tests read.
+
+Every connection of the suite, psycopg's and dbt's, runs under a non-UTC session TimeZone
+(PGTZ below), so a model that forgot `at time zone 'UTC'` fails its tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+from bqx import server
+from bqx.dbt import PROJECT_DIR, run_dbt
+
+# +05:30 and no daylight saving: month, day and hour boundaries all differ from UTC.
+os.environ["PGTZ"] = "Asia/Kolkata"
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of a database from which test databases are created and dropped."""
+    external = os.environ.get("BQX_PG_DSN")
+    if external:
+        yield external
+        return
+    home = tmp_path_factory.mktemp("pgserver")
+    cluster = server.cluster_for(home, port=_free_port())
+    server.start(cluster, link=home / ".bqx" / "pgdata", database="postgres")
+    try:
+        yield cluster.dsn("postgres")
+    finally:
+        server.destroy(cluster)
+
+
+@pytest.fixture(scope="session")
+def database_factory(pg_admin_dsn: str) -> Iterator[Callable[[str], str]]:
+    """`make("purpose")` → DSN of a new empty database, dropped at the end of the session."""
+    created: list[str] = []
+
+    def make(purpose: str) -> str:
+        name = f"bqx_test_{purpose}_{uuid.uuid4().hex[:8]}".lower()
+        server.create_database(pg_admin_dsn, name)
+        created.append(name)
+        return server.with_database(pg_admin_dsn, name)
+
+    yield make
+    for name in created:
+        server.drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture(scope="session")
+def dbt_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., None]:
+    """`dbt(dsn, "build", "--select", "tag:wave1", ...)`: runs dbt, fails the test with its log."""
+
+    def run(dsn: str, *args: str) -> None:
+        target = tmp_path_factory.mktemp("dbt_target")
+        done = run_dbt(list(args), dsn, target_path=target, capture=True)
+        if done.returncode != 0:
+            pytest.fail(f"dbt {' '.join(args)} failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}")
+
+    return run
+
+
+def query_frame(dsn: str, sql: str, params: tuple | None = None) -> pd.DataFrame:
+    """Rows of a query as a DataFrame (timestamps tz-aware)."""
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(sql, params)
+        columns = [col.name for col in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+# The small fixture every feature test reads: 4 pairs (a cross and its legs) over two weeks
+# around the default baseline date, with the awkward cases real data has.
+FIXTURE_PAIRS = ("EURUSD", "USDJPY", "EURJPY", "GBPUSD")
+FIXTURE_START = pd.Timestamp("2024-06-24").date()
+FIXTURE_END = pd.Timestamp("2024-07-09").date()
+FLAT_PAIR, FLAT_BARS = "GBPUSD", 700  # a constant price for longer than the longest window
+ZERO_VOLUME_PAIR, ZERO_VOLUME_BARS = "USDJPY", 300  # zero tick volume for longer than a window
+
+
+def make_fixture_bars() -> pd.DataFrame:
+    """Generated bars with a flat stretch, a zero-volume stretch and some null spreads."""
+    from bqx.generate import generate_bars
+
+    bars = generate_bars(FIXTURE_START, FIXTURE_END, list(FIXTURE_PAIRS))
+    flat = bars.index[bars["pair"] == FLAT_PAIR][3000 : 3000 + FLAT_BARS]
+    level = bars.loc[flat[0], "close"]
+    bars.loc[flat, ["open", "high", "low", "close"]] = level
+    quiet = bars.index[bars["pair"] == ZERO_VOLUME_PAIR][5000 : 5000 + ZERO_VOLUME_BARS]
+    bars.loc[quiet, "volume"] = 0
+    gaps = bars.index[bars["pair"] == "EURJPY"][2000:2010]
+    bars.loc[gaps, "spread"] = None
+    return bars.reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def fixture_bars() -> pd.DataFrame:
+    return make_fixture_bars()
+
+
+@pytest.fixture(scope="session")
+def wave1_dsn(database_factory: Callable[[str], str], dbt_runner: Callable[..., None], fixture_bars: pd.DataFrame) -> str:
+    """A database holding the fixture bars and every wave-1 model built from them."""
+    from bqx.load import load_frame
+
+    dsn = database_factory("wave1")
+    load_frame(dsn, fixture_bars, "fixture")
+    dbt_runner(dsn, "build", "--select", "tag:wave1")
+    return dsn
