@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except server.ServerError as err:
+    except (server.ServerError, ValueError, FileNotFoundError) as err:
+        # bad input or an unusable server: the message says what to do, a traceback would not
         print(f"bqx: {err}", file=sys.stderr)
         return 2
 
