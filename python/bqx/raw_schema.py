@@ -1,0 +1,283 @@
+"""The `raw` schema: the bars as loaded, their rejects, their replaced values and the load log.
+
+Every function here is idempotent (safe to call on every load) and takes a psycopg connection;
+none of them commits: the caller owns the transaction.
+
+    raw.m1_bars          the source of every feature: one row per (pair, ts_utc), partitioned by
+                         month of ts_utc (UTC) into raw.m1_bars_YYYY_MM
+    raw.m1_rejects       every input row that broke a load rule, with the rule and where it was
+    raw.m1_bars_history  the previous values of a bar that a later load corrected
+    raw.load_log         one row per file load, with its counts
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import psycopg
+from psycopg import errors, sql
+
+SCHEMA = "raw"
+BARS_TABLE = "m1_bars"
+
+# The rules a bar must satisfy; load.py enforces the same rules row by row (and names the one a
+# rejected row broke), the constraints are the last line of defence for anyone writing directly.
+_BARS_DDL = """
+create table if not exists raw.m1_bars (
+    pair        text             not null,
+    ts_utc      timestamptz      not null,
+    open        double precision not null,
+    high        double precision not null,
+    low         double precision not null,
+    close       double precision not null,
+    volume      bigint           not null,
+    spread      double precision,
+    loaded_at   timestamptz      not null default now(),
+    source_file text,
+    constraint m1_bars_pkey primary key (pair, ts_utc),
+    constraint m1_bars_prices_positive check (open > 0 and high > 0 and low > 0 and close > 0),
+    constraint m1_bars_prices_finite check (
+        open < 'Infinity' and high < 'Infinity' and low < 'Infinity' and close < 'Infinity'
+    ),
+    constraint m1_bars_low_le_open_close check (low <= least(open, close)),
+    constraint m1_bars_high_ge_open_close check (high >= greatest(open, close)),
+    constraint m1_bars_volume_non_negative check (volume >= 0),
+    constraint m1_bars_spread_non_negative check (spread is null or (spread >= 0 and spread < 'Infinity')),
+    constraint m1_bars_ts_whole_minute check (date_trunc('minute', ts_utc) = ts_utc)
+) partition by range (ts_utc)
+"""
+
+_REJECTS_DDL = """
+create table if not exists raw.m1_rejects (
+    reject_id   bigint generated always as identity primary key,
+    rejected_at timestamptz not null default now(),
+    source_file text,
+    line_number bigint,
+    raw_text    text,
+    pair        text,
+    ts_utc      text,
+    reason      text not null,
+    detail      text
+)
+"""
+
+_HISTORY_DDL = """
+create table if not exists raw.m1_bars_history (
+    history_id       bigint generated always as identity primary key,
+    pair             text             not null,
+    ts_utc           timestamptz      not null,
+    open             double precision not null,
+    high             double precision not null,
+    low              double precision not null,
+    close            double precision not null,
+    volume           bigint           not null,
+    spread           double precision,
+    loaded_at        timestamptz      not null,
+    source_file      text,
+    replaced_at      timestamptz      not null default now(),
+    replaced_by_file text
+)
+"""
+
+_LOAD_LOG_DDL = """
+create table if not exists raw.load_log (
+    load_id        bigint generated always as identity primary key,
+    file           text        not null,
+    format         text        not null,
+    started_at     timestamptz not null,
+    finished_at    timestamptz not null default clock_timestamp(),
+    rows_read      bigint      not null,
+    rows_loaded    bigint      not null,
+    rows_unchanged bigint      not null,
+    rows_replaced  bigint      not null,
+    rows_rejected  bigint      not null
+)
+"""
+
+_COMMENTS = [
+    "comment on table raw.m1_bars is "
+    "'1-minute mid-price bars as loaded by `bqx load`; one row per (pair, ts_utc); "
+    "partitioned by UTC month into raw.m1_bars_YYYY_MM'",
+    "comment on column raw.m1_bars.ts_utc is 'bar open time, whole minute, UTC'",
+    "comment on column raw.m1_bars.volume is 'tick volume, >= 0'",
+    "comment on column raw.m1_bars.spread is 'mean bid-ask spread in price units, >= 0, may be null'",
+    "comment on column raw.m1_bars.loaded_at is 'when this version of the bar was written'",
+    "comment on column raw.m1_bars.source_file is 'the file (or frame) this version came from'",
+    "comment on table raw.m1_rejects is "
+    "'input rows that broke a load rule: reason is the rule code, detail a sentence naming file, line, rule, value'",
+    "comment on column raw.m1_rejects.line_number is "
+    "'1-based physical line of the file (parquet and frames: row index + 1)'",
+    "comment on column raw.m1_rejects.raw_text is 'the original line (parquet and frames: the row as JSON)'",
+    "comment on table raw.m1_bars_history is "
+    "'previous versions of bars that a later load replaced with different values'",
+    "comment on table raw.load_log is 'one row per file loaded by `bqx load`'",
+]
+
+_INDEXES = [
+    "create index if not exists m1_bars_history_pair_ts on raw.m1_bars_history (pair, ts_utc)",
+    "create index if not exists m1_rejects_source_file on raw.m1_rejects (source_file, line_number)",
+]
+
+_IDEMPOTENT_RACE = (errors.DuplicateTable, errors.DuplicateObject, errors.DuplicateSchema, errors.UniqueViolation)
+
+
+def _execute_tolerant(conn: psycopg.Connection, statement: str | sql.Composable) -> None:
+    """Run one `create ... if not exists`; a concurrent session creating the same object wins."""
+    try:
+        with conn.transaction():  # a savepoint when the caller is in a transaction
+            conn.execute(statement)
+    except _IDEMPOTENT_RACE:
+        pass
+
+
+def raw_schema_exists(conn: psycopg.Connection) -> bool:
+    # a plain catalog query (not to_regclass, whose negative cache entries can outlive another
+    # session's commit within our transaction) so that the answer follows the statement snapshot
+    row = conn.execute(
+        """
+        select count(*) = 4
+        from pg_class as c
+        join pg_namespace as n on n.oid = c.relnamespace
+        where n.nspname = 'raw' and c.relname in ('m1_bars', 'm1_rejects', 'm1_bars_history', 'load_log')
+        """
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def ensure_raw_schema(conn: psycopg.Connection) -> None:
+    """Create the `raw` schema and its four tables if missing (no partition: see below).
+
+    Concurrent callers are serialised by a transaction-scoped advisory lock (call it inside a
+    transaction: the lock is held until the caller commits, and a waiter then finds the schema)."""
+    if raw_schema_exists(conn):
+        return
+    conn.execute("select pg_advisory_xact_lock(hashtext('bqx.raw schema'))")
+    if raw_schema_exists(conn):
+        return
+    _execute_tolerant(conn, "create schema if not exists raw")
+    for ddl in (_BARS_DDL, _REJECTS_DDL, _HISTORY_DDL, _LOAD_LOG_DDL, *_INDEXES):
+        _execute_tolerant(conn, ddl)
+    for comment in _COMMENTS:
+        conn.execute(comment)
+
+
+def partition_name(month: dt.date) -> str:
+    return f"{BARS_TABLE}_{month.year:04d}_{month.month:02d}"
+
+
+def _month_start(day: dt.date) -> dt.date:
+    return dt.date(day.year, day.month, 1)
+
+
+def _next_month(month: dt.date) -> dt.date:
+    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def existing_partitions(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        """
+        select child.relname
+        from pg_inherits
+        join pg_class as child on child.oid = pg_inherits.inhrelid
+        join pg_class as parent on parent.oid = pg_inherits.inhparent
+        join pg_namespace as ns on ns.oid = parent.relnamespace
+        where ns.nspname = %s and parent.relname = %s
+        """,
+        (SCHEMA, BARS_TABLE),
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def lock_partitions(conn: psycopg.Connection) -> None:
+    """Serialise the sessions that create partitions of raw.m1_bars (until their commit)."""
+    conn.execute("select pg_advisory_xact_lock(hashtext('bqx.raw.m1_bars partitions'))")
+
+
+def ensure_month_partitions(conn: psycopg.Connection, months: Iterable[dt.date]) -> list[str]:
+    """Create `raw.m1_bars_YYYY_MM` for each month (any day of it) if missing; return the new ones.
+
+    Bounds are literal UTC instants ('YYYY-MM-01 00:00:00+00'), so the partition holds exactly the
+    UTC month whatever the session's TimeZone. Concurrent loaders: a transaction-scoped advisory
+    lock serialises creators, and a partition made meanwhile by another session is not an error.
+    """
+    wanted = sorted({_month_start(m) for m in months})
+    if not wanted:
+        return []
+    have = existing_partitions(conn)
+    missing = [m for m in wanted if partition_name(m) not in have]
+    if not missing:
+        return []
+    lock_partitions(conn)
+    have = existing_partitions(conn)
+    created = []
+    for month in missing:
+        name = partition_name(month)
+        if name in have:
+            continue
+        lo, hi = _bounds(month)
+        statement = sql.SQL(
+            "create table if not exists {schema}.{name} partition of {schema}.{parent} "
+            "for values from ({lo}) to ({hi})"
+        ).format(
+            schema=sql.Identifier(SCHEMA), name=sql.Identifier(name), parent=sql.Identifier(BARS_TABLE), lo=lo, hi=hi
+        )
+        _execute_tolerant(conn, statement)
+        created.append(name)
+    return created
+
+
+def _bounds(month: dt.date) -> tuple[sql.Literal, sql.Literal]:
+    return sql.Literal(f"{month.isoformat()} 00:00:00+00"), sql.Literal(f"{_next_month(month).isoformat()} 00:00:00+00")
+
+
+def create_detached_month(conn: psycopg.Connection, month: dt.date) -> str:
+    """Bulk-load path for a month that has no partition yet: create `raw.m1_bars_YYYY_MM` as a
+    plain table shaped like raw.m1_bars (same columns, defaults and checks, no primary key yet)
+    plus a check of the month's bounds; fill it, then `attach_month`, in the same transaction.
+
+    A table created in the loading transaction is written without WAL (wal_level = minimal), the
+    primary key is built once by a sort instead of row by row, and attaching takes only a SHARE
+    UPDATE EXCLUSIVE lock on raw.m1_bars (readers are never blocked, unlike `create table ...
+    partition of`, which locks the parent exclusively until commit). Returns the qualified name.
+    """
+    name = partition_name(month)
+    lo, hi = _bounds(month)
+    conn.execute(
+        sql.SQL(
+            "create table {schema}.{name} (like {schema}.{parent} including defaults including constraints)"
+        ).format(schema=sql.Identifier(SCHEMA), name=sql.Identifier(name), parent=sql.Identifier(BARS_TABLE))
+    )
+    conn.execute(
+        sql.SQL("alter table {schema}.{name} add constraint {check} check (ts_utc >= {lo} and ts_utc < {hi})").format(
+            schema=sql.Identifier(SCHEMA),
+            name=sql.Identifier(name),
+            check=sql.Identifier(f"{name}_bounds"),
+            lo=lo,
+            hi=hi,
+        )
+    )
+    return f"{SCHEMA}.{name}"
+
+
+def attach_month(conn: psycopg.Connection, month: dt.date) -> None:
+    """Index and attach a table made by `create_detached_month` as the month's partition."""
+    name = partition_name(month)
+    lo, hi = _bounds(month)
+    ident = {"schema": sql.Identifier(SCHEMA), "name": sql.Identifier(name), "parent": sql.Identifier(BARS_TABLE)}
+    conn.execute(
+        sql.SQL("alter table {schema}.{name} add constraint {pkey} primary key (pair, ts_utc)").format(
+            pkey=sql.Identifier(f"{name}_pkey"), **ident
+        )
+    )
+    # the bounds check proves the partition constraint, so attaching does not scan the rows
+    conn.execute(
+        sql.SQL(
+            "alter table {schema}.{parent} attach partition {schema}.{name} for values from ({lo}) to ({hi})"
+        ).format(lo=lo, hi=hi, **ident)
+    )
+    conn.execute(
+        sql.SQL("alter table {schema}.{name} drop constraint {check}").format(
+            check=sql.Identifier(f"{name}_bounds"), **ident
+        )
+    )
