@@ -61,7 +61,7 @@ left join lateral (
         history.pair = built.pair
         and history.ts_utc <= built.last_built_ts
     order by history.ts_utc desc
-    offset {{ lookback_bars }} limit 1
+    limit 1 offset {{ lookback_bars }}
 ) as history_start on true
 where built.last_built_ts is not null
 {%- endmacro %}

@@ -1,0 +1,19 @@
+{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
+
+-- Rolling mean, std, skew, kurt, min and max of the BQX series bqx_w{var('bqx_series_window')}
+-- per window W of var('rolling_windows'): the maths is in macros/features/statistics.sql.
+{%- set series = 'bqx_w' ~ var('bqx_series_window') %}
+with source_rows as (
+    {{ incremental_rows(ref('bqx'), ['pair', 'ts_utc', series], lookback_bars=var('rolling_windows') | max) }}
+),
+
+{{ statistics_ctes('source_rows', series) }}
+
+select
+    statistics_values.pair,
+    statistics_values.ts_utc,
+    {% for column in statistics_column_names() -%}
+        statistics_values.{{ column }}{% if not loop.last %},{% endif %}
+    {% endfor %}
+from statistics_values
+where statistics_values.is_new

@@ -1,0 +1,181 @@
+"""bollinger_rate and bollinger_bqx against NumPy, window by window, and against TA-Lib BBANDS.
+
+The NumPy reference recomputes every window from its own W values (sliding_window_view): mean,
+population std (np.std, ddof 0, two-pass), then the bands; values must agree within 1e-9 of
+the column's largest |value| per pair (they agree to ~1e-14). TA-Lib's BBANDS (SMA, population
+std) is a second oracle for mid/upper/lower on the rate domain. The bqx domain reads the series
+the model read (features.bqx), so these tests check this family's maths, not the bqx model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import talib
+import yaml
+
+from bqx.dbt import PROJECT_DIR
+from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
+
+REL_TOL = 1e-9
+VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+WINDOWS: list[int] = VARS["bollinger_windows"]
+K: float = float(VARS["bollinger_k"])
+SERIES_WINDOW: int = VARS["bqx_series_window"]
+METRICS = ["bb_mid", "bb_upper", "bb_lower", "bb_width", "bb_pctb"]
+DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
+
+
+def bollinger_columns() -> list[str]:
+    return [f"{metric}_w{w}" for w in WINDOWS for metric in METRICS]
+
+
+def domain_series(dsn: str, domain: str) -> pd.DataFrame:
+    """pair, ts_utc, y: the series the domain's model reads, ordered by pair and ts_utc."""
+    if domain == "rate":
+        sql = "select pair, ts_utc, close_idx as y from staging.m1_index order by pair, ts_utc"
+    else:
+        sql = f"select pair, ts_utc, bqx_w{SERIES_WINDOW} as y from features.bqx order by pair, ts_utc"
+    frame = query_frame(dsn, sql)
+    frame["y"] = pd.to_numeric(frame["y"]).astype(float)
+    return frame
+
+
+def bollinger_reference(y: np.ndarray, w: int, domain: str) -> dict[str, np.ndarray]:
+    """The five band columns of every window y[t-w+1 .. t], placed at t (NaN where not all w
+    values exist; pctb NaN on flat windows)."""
+    n = len(y)
+    out = {metric: np.full(n, np.nan) for metric in METRICS}
+    if n < w:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(y, w)
+    complete = ~np.isnan(windows).any(axis=1)
+    values = windows[complete]
+    mid = values.mean(axis=1)
+    sigma = np.std(values, axis=1, ddof=0)
+    flat = values.max(axis=1) == values.min(axis=1)
+    sigma[flat] = 0.0  # exactly (np.std of equal floats can be ~1e-15)
+    rows = np.flatnonzero(complete) + w - 1
+    current = y[rows]
+    out["bb_mid"][rows] = mid
+    out["bb_upper"][rows] = mid + K * sigma
+    out["bb_lower"][rows] = mid - K * sigma
+    out["bb_width"][rows] = 2 * K * sigma / mid if domain == "rate" else 2 * K * sigma
+    # y - mid as the mean of the deviations y - y[i]: y - mid at the rate's level (~100) would
+    # carry mid's rounding (~1e-14), ~1e-11 of %b once divided by a small 2k·sigma
+    above_mid = (current[:, None] - values).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pctb = (above_mid + K * sigma) / (2 * K * sigma)  # (y - lower) / (upper - lower)
+    pctb[flat] = np.nan
+    out["bb_pctb"][rows] = pctb
+    return out
+
+
+def assert_matches(label: str, got: np.ndarray, expected: np.ndarray) -> float:
+    """Same NULLs; values within REL_TOL × the column's largest |expected| (per pair)."""
+    differ = np.isnan(got) != np.isnan(expected)
+    assert not differ.any(), (
+        f"{label}: NULL on one side only at rows {np.flatnonzero(differ)[:5]} "
+        f"(sql {got[differ][:3]}, numpy {expected[differ][:3]})"
+    )
+    both = ~np.isnan(expected)
+    if not both.any():
+        return 0.0
+    scale = max(np.abs(expected[both]).max(), 1e-300)
+    error = float(np.abs(got[both] - expected[both]).max() / scale)
+    assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
+    return error
+
+
+@pytest.fixture(scope="module", params=list(DOMAINS))
+def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataFrame]:
+    """(domain, the model's rows joined to its input series y)."""
+    domain = request.param
+    model = query_frame(wave1_dsn, f"select * from features.bollinger_{domain} order by pair, ts_utc")
+    merged = domain_series(wave1_dsn, domain).merge(model, on=["pair", "ts_utc"], how="outer", validate="one_to_one")
+    assert len(merged) == len(model), "the model has one row per bar of its input"
+    for column in bollinger_columns():
+        merged[column] = pd.to_numeric(merged[column]).astype(float)
+    return domain, merged
+
+
+def test_every_window_matches_numpy(built: tuple[str, pd.DataFrame]) -> None:
+    domain, merged = built
+    worst: dict[str, float] = {}
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        assert len(rows) > max(WINDOWS) + SERIES_WINDOW, pair
+        y = rows["y"].to_numpy()
+        for w in WINDOWS:
+            reference = bollinger_reference(y, w, domain)
+            for metric in METRICS:
+                column = f"{metric}_w{w}"
+                error = assert_matches(f"bollinger_{domain}.{column} {pair}", rows[column].to_numpy(), reference[metric])
+                worst[metric] = max(worst.get(metric, 0.0), error)
+    print(f"bollinger_{domain}: max error / column max per metric {worst}")
+
+
+def test_rate_bands_match_talib(wave1_dsn: str) -> None:
+    """TA-Lib BBANDS(SMA, k, k) on close_idx: mid, upper and lower, NaN exactly in the warm-up.
+    (TA-Lib's variance is E[x²] - E[x]², ~1e-12 at the index level: fine for the bands, too
+    coarse for width and %b, which the NumPy test covers.)"""
+    model = query_frame(wave1_dsn, "select * from features.bollinger_rate order by pair, ts_utc")
+    series = domain_series(wave1_dsn, "rate")
+    merged = series.merge(model, on=["pair", "ts_utc"], validate="one_to_one")
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        y = rows["y"].to_numpy()
+        for w in WINDOWS:
+            upper, middle, lower = talib.BBANDS(y, timeperiod=w, nbdevup=K, nbdevdn=K, matype=0)
+            for metric, expected in (("bb_upper", upper), ("bb_mid", middle), ("bb_lower", lower)):
+                got = pd.to_numeric(rows[f"{metric}_w{w}"]).to_numpy(dtype=float)
+                assert_matches(f"talib {pair} {metric}_w{w}", got, expected)
+
+
+def test_warm_up_is_null_then_values(built: tuple[str, pd.DataFrame]) -> None:
+    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W - 1);
+    after it only pctb may be NULL, and only on flat windows (width exactly 0)."""
+    domain, merged = built
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        for w in WINDOWS:
+            warmup = DOMAINS[domain] + w - 1
+            for metric in METRICS:
+                values = rows[f"{metric}_w{w}"].to_numpy()
+                assert np.isnan(values[:warmup]).all(), f"{domain} {pair} {metric}_w{w}: value in the warm-up"
+                after = np.isnan(values[warmup:])
+                if metric == "bb_pctb":
+                    flat = rows[f"bb_width_w{w}"].to_numpy()[warmup:] == 0
+                    assert not (after & ~flat).any(), f"{domain} {pair} {metric}_w{w}: NULL on a non-flat window"
+                else:
+                    assert not after.any(), f"{domain} {pair} {metric}_w{w}: NULL after the warm-up"
+
+
+def test_flat_stretch_collapses_the_bands(built: tuple[str, pd.DataFrame]) -> None:
+    """The fixture's constant prices: upper = mid = lower, width exactly 0, pctb NULL."""
+    domain, merged = built
+    rows = merged[merged["pair"] == FLAT_PAIR]
+    y = rows["y"].to_numpy()
+    for w in WINDOWS:
+        flat = np.zeros(len(y), dtype=bool)
+        windows = np.lib.stride_tricks.sliding_window_view(y, w)
+        flat[w - 1 :] = (windows.max(axis=1) == windows.min(axis=1)) & ~np.isnan(windows).any(axis=1)
+        assert flat.sum() >= FLAT_BARS - DOMAINS[domain] - w + 1, f"{domain} w{w}: flat windows missing"
+        flat_rows = rows[flat]
+        assert (flat_rows[f"bb_width_w{w}"] == 0).all()
+        assert (flat_rows[f"bb_upper_w{w}"] == flat_rows[f"bb_lower_w{w}"]).all()
+        assert (flat_rows[f"bb_mid_w{w}"] == flat_rows[f"bb_upper_w{w}"]).all()
+        assert flat_rows[f"bb_pctb_w{w}"].isna().all()
+
+
+def test_yaml_documents_every_column() -> None:
+    """The YAML lists the columns generated from the vars, each described and tested."""
+    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "bollinger" / "bollinger.yml").read_text())
+    models = {model["name"]: model for model in doc["models"]}
+    assert set(models) == {"bollinger_rate", "bollinger_bqx"}
+    for model in models.values():
+        documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
+        assert documented == bollinger_columns()
+        for column in model["columns"]:
+            assert column.get("description"), column["name"]

@@ -1,0 +1,165 @@
+"""statistics_rate and statistics_bqx against NumPy, window by window.
+
+The reference recomputes every window from its own W values (sliding_window_view): two-pass
+moments about the window mean in float64, the exact reference the SQL must meet within 1e-9
+of the column's largest |value| per pair (it meets ~1e-13). The bqx domain reads the series the
+model read (features.bqx), so these tests check this family's maths, not the bqx model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bqx.dbt import PROJECT_DIR
+from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
+
+REL_TOL = 1e-9
+VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+WINDOWS: list[int] = VARS["rolling_windows"]
+SERIES_WINDOW: int = VARS["bqx_series_window"]
+METRICS = ["mean", "std", "skew", "kurt", "min", "max"]
+DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
+
+
+def statistics_columns() -> list[str]:
+    return [f"{metric}_w{w}" for w in WINDOWS for metric in METRICS]
+
+
+def domain_series(dsn: str, domain: str) -> pd.DataFrame:
+    """pair, ts_utc, y: the series the domain's model reads, ordered by pair and ts_utc."""
+    if domain == "rate":
+        sql = "select pair, ts_utc, close_idx as y from staging.m1_index order by pair, ts_utc"
+    else:
+        sql = f"select pair, ts_utc, bqx_w{SERIES_WINDOW} as y from features.bqx order by pair, ts_utc"
+    frame = query_frame(dsn, sql)
+    frame["y"] = pd.to_numeric(frame["y"]).astype(float)
+    return frame
+
+
+def statistics_reference(y: np.ndarray, w: int) -> dict[str, np.ndarray]:
+    """The six statistics of every window y[t-w+1 .. t], placed at t (NaN where not all w
+    values exist, and skew/kurt NaN on flat windows)."""
+    n = len(y)
+    out = {metric: np.full(n, np.nan) for metric in METRICS}
+    if n < w:
+        return out
+    windows = np.lib.stride_tricks.sliding_window_view(y, w)
+    complete = ~np.isnan(windows).any(axis=1)
+    values = windows[complete]
+    mean = values.mean(axis=1)
+    dev = values - mean[:, None]
+    dev -= dev.mean(axis=1)[:, None]  # second pass: removes the mean's own rounding
+    m2 = (dev**2).mean(axis=1)
+    m3 = (dev**3).mean(axis=1)
+    m4 = (dev**4).mean(axis=1)
+    flat = values.max(axis=1) == values.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = np.sqrt(w * (w - 1)) / (w - 2) * m3 / m2**1.5
+        kurt = (w - 1) / ((w - 2) * (w - 3)) * ((w + 1) * m4 / m2**2 - 3 * (w - 1))
+    skew[flat] = np.nan
+    kurt[flat] = np.nan
+    rows = np.flatnonzero(complete) + w - 1
+    out["mean"][rows] = mean
+    out["std"][rows] = np.std(values, axis=1, ddof=1)
+    out["std"][rows[flat]] = 0.0  # exactly, as the SQL (np.std of equal floats can be ~1e-15)
+    out["skew"][rows] = skew
+    out["kurt"][rows] = kurt
+    out["min"][rows] = values.min(axis=1)
+    out["max"][rows] = values.max(axis=1)
+    return out
+
+
+def assert_matches(label: str, got: np.ndarray, expected: np.ndarray) -> float:
+    """Same NULLs; values within REL_TOL × the column's largest |expected| (per pair)."""
+    differ = np.isnan(got) != np.isnan(expected)
+    assert not differ.any(), (
+        f"{label}: NULL on one side only at rows {np.flatnonzero(differ)[:5]} "
+        f"(sql {got[differ][:3]}, numpy {expected[differ][:3]})"
+    )
+    both = ~np.isnan(expected)
+    if not both.any():
+        return 0.0
+    scale = max(np.abs(expected[both]).max(), 1e-300)
+    error = float(np.abs(got[both] - expected[both]).max() / scale)
+    assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
+    return error
+
+
+@pytest.fixture(scope="module", params=list(DOMAINS))
+def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataFrame]:
+    """(domain, the model's rows joined to its input series y)."""
+    domain = request.param
+    model = query_frame(wave1_dsn, f"select * from features.statistics_{domain} order by pair, ts_utc")
+    merged = domain_series(wave1_dsn, domain).merge(model, on=["pair", "ts_utc"], how="outer", validate="one_to_one")
+    assert len(merged) == len(model), "the model has one row per bar of its input"
+    for column in statistics_columns():
+        merged[column] = pd.to_numeric(merged[column]).astype(float)
+    return domain, merged
+
+
+def test_every_window_matches_numpy(built: tuple[str, pd.DataFrame]) -> None:
+    domain, merged = built
+    worst: dict[str, float] = {}
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        assert len(rows) > max(WINDOWS) + SERIES_WINDOW, pair
+        y = rows["y"].to_numpy()
+        for w in WINDOWS:
+            reference = statistics_reference(y, w)
+            for metric in METRICS:
+                column = f"{metric}_w{w}"
+                error = assert_matches(f"statistics_{domain}.{column} {pair}", rows[column].to_numpy(), reference[metric])
+                worst[metric] = max(worst.get(metric, 0.0), error)
+    print(f"statistics_{domain}: max error / column max per metric {worst}")
+
+
+def test_warm_up_is_null_then_values(built: tuple[str, pd.DataFrame]) -> None:
+    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W - 1);
+    after it only skew/kurt may be NULL, and only on flat windows (std exactly 0)."""
+    domain, merged = built
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        for w in WINDOWS:
+            warmup = DOMAINS[domain] + w - 1
+            for metric in METRICS:
+                values = rows[f"{metric}_w{w}"].to_numpy()
+                assert np.isnan(values[:warmup]).all(), f"{domain} {pair} {metric}_w{w}: value in the warm-up"
+                after = np.isnan(values[warmup:])
+                if metric in ("skew", "kurt"):
+                    flat = rows[f"std_w{w}"].to_numpy()[warmup:] == 0
+                    assert not (after & ~flat).any(), f"{domain} {pair} {metric}_w{w}: NULL on a non-flat window"
+                else:
+                    assert not after.any(), f"{domain} {pair} {metric}_w{w}: NULL after the warm-up"
+
+
+def test_flat_stretch_gives_zero_std_and_null_skew_kurt(built: tuple[str, pd.DataFrame]) -> None:
+    """The fixture's constant prices: std exactly 0, skew and kurt NULL, min = max = mean."""
+    domain, merged = built
+    rows = merged[merged["pair"] == FLAT_PAIR]
+    y = rows["y"].to_numpy()
+    for w in WINDOWS:
+        flat = np.zeros(len(y), dtype=bool)
+        windows = np.lib.stride_tricks.sliding_window_view(y, w)
+        flat[w - 1 :] = (windows.max(axis=1) == windows.min(axis=1)) & ~np.isnan(windows).any(axis=1)
+        # rate: the whole stretch; bqx: the stretch minus the series' own window
+        assert flat.sum() >= FLAT_BARS - DOMAINS[domain] - w + 1, f"{domain} w{w}: flat windows missing"
+        flat_rows = rows[flat]
+        assert (flat_rows[f"std_w{w}"] == 0).all()
+        assert flat_rows[f"skew_w{w}"].isna().all() and flat_rows[f"kurt_w{w}"].isna().all()
+        assert (flat_rows[f"min_w{w}"] == flat_rows[f"max_w{w}"]).all()
+        assert np.allclose(flat_rows[f"mean_w{w}"], flat_rows[f"min_w{w}"], rtol=1e-15, atol=0)
+
+
+def test_yaml_documents_every_column() -> None:
+    """The YAML lists the columns generated from the vars, each described and tested."""
+    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "statistics" / "statistics.yml").read_text())
+    models = {model["name"]: model for model in doc["models"]}
+    assert set(models) == {"statistics_rate", "statistics_bqx"}
+    for model in models.values():
+        documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
+        assert documented == statistics_columns()
+        for column in model["columns"]:
+            assert column.get("description"), column["name"]
