@@ -2,5 +2,5 @@
     every SQL function and aggregate the models use, so a database holding only `raw` builds.
     One line per family; each family's macro lives in its own file beside this one. -#}
 {% macro create_project_functions() -%}
-    select 1 as project_functions_created
+    {{ create_smoothing_aggregates() }}
 {%- endmacro %}

@@ -1,0 +1,24 @@
+{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
+
+{%- set series = 'bqx_w' ~ var('bqx_series_window') %}
+
+-- TA-Lib's indicators on the BQX series (high = low = close = the series; maths:
+-- macros/features/technical.sql). The series is NULL on its own warm-up; the smoothing
+-- aggregates skip NULLs and the windows count non-NULL values, so every indicator starts on
+-- the series' first value as if it were the first bar.
+with source_rows as (
+    {{ incremental_rows(
+        ref('bqx'),
+        ['pair', 'ts_utc', series],
+        lookback_bars=var('smoother_lookback_bars'),
+    ) }}
+),
+
+{{ technical_indicators('source_rows', high=series, low=series, close=series) }}
+
+select
+    technical_values.pair,
+    technical_values.ts_utc,
+    {{ 'technical_values.' ~ technical_column_names() | join(', technical_values.') }}
+from technical_values
+where technical_values.is_new

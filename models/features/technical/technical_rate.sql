@@ -1,0 +1,20 @@
+{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
+
+-- TA-Lib's indicators on the rate index (maths: macros/features/technical.sql). The recursive
+-- smoothers restart var('smoother_lookback_bars') bars before the first new bar.
+with source_rows as (
+    {{ incremental_rows(
+        ref('m1_index'),
+        ['pair', 'ts_utc', 'high_idx', 'low_idx', 'close_idx'],
+        lookback_bars=var('smoother_lookback_bars'),
+    ) }}
+),
+
+{{ technical_indicators('source_rows', high='high_idx', low='low_idx', close='close_idx') }}
+
+select
+    technical_values.pair,
+    technical_values.ts_utc,
+    {{ 'technical_values.' ~ technical_column_names() | join(', technical_values.') }}
+from technical_values
+where technical_values.is_new
