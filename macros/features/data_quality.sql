@@ -1,0 +1,163 @@
+{#-
+    Data-quality signals as features (model data_quality_features): the maths lives here once;
+    documented in macros/features/data_quality.yml. They feed the dataset builder's filters.
+
+    Constants (vars, with these defaults until dbt_project.yml declares them):
+      gap_limit_minutes     5    a bar more than this many minutes after its predecessor opens a gap
+      spike_window          60   bars of 1-bar log returns behind the spike σ (the bar excluded)
+      spike_sigma_multiple  10   |return| above this many σ is a spike
+-#}
+
+{% macro data_quality_settings() -%}
+    {{ return({
+        'gap_limit_minutes': var('gap_limit_minutes', 5),
+        'spike_window': var('spike_window', 60) | int,
+        'spike_sigma_multiple': var('spike_sigma_multiple', 10),
+    }) }}
+{%- endmacro %}
+
+
+{#- Per window family, the number of bars its longest feature reads (on either domain): a BQX
+    window reads W + 1 closes; the bqx-domain reg/bollinger/statistics windows read W values of
+    the series bqx_w<S>, each of which reads S + 1 closes, so W + S bars in all. Statistics,
+    volume and spread share rolling_windows (volume_tod_ratio's days-long window is excluded:
+    it always spans a weekend). -#}
+{% macro data_quality_gap_spans() -%}
+    {%- set series = var('bqx_series_window') | int -%}
+    {{ return({
+        'bqx': (var('bqx_windows') | max) + 1,
+        'reg': (var('reg_windows') | max) + series,
+        'bollinger': (var('bollinger_windows') | max) + series,
+        'rolling': (var('rolling_windows') | max) + series,
+    }) }}
+{%- endmacro %}
+
+
+{#- Bars read before the first new bar of an incremental run: the longest gap span and the
+    spike window (which needs one more close for its first return). -#}
+{% macro data_quality_lookback_bars() -%}
+    {{ return([data_quality_gap_spans().values() | max, data_quality_settings().spike_window + 1] | max) }}
+{%- endmacro %}
+
+
+{% macro data_quality_column_names() -%}
+    {%- set spike_window = data_quality_settings().spike_window -%}
+    {%- set names = [
+        'minutes_since_prev_bar',
+        'unchanged_close_run',
+        'spike_score_w' ~ spike_window,
+        'spike_flag_w' ~ spike_window,
+    ] -%}
+    {%- for family in data_quality_gap_spans() -%}
+        {%- do names.append('gap_in_' ~ family ~ '_window') -%}
+    {%- endfor -%}
+    {{ return(names) }}
+{%- endmacro %}
+
+
+{#- A select over `source` (pair, ts_utc, close_idx, is_new) giving pair, ts_utc, is_new and
+    every column of data_quality_column_names(). `built` is the model's own table on an
+    incremental run (none on a full build): a run of unchanged closes can be longer than any
+    lookback, so the run length of the first bar read is taken from what was built. -#}
+{% macro data_quality_features_sql(source, built=none) -%}
+{%- set settings = data_quality_settings() -%}
+{%- set spike_window = settings.spike_window -%}
+with bar_steps as (
+    select
+        bars.pair,
+        bars.ts_utc,
+        bars.is_new,
+        -- whole minutes (bars open on whole minutes); NULL on the first bar read
+        (extract(epoch from bars.ts_utc - lag(bars.ts_utc) over bars_in_order) / 60)::integer
+            as minutes_since_prev_bar,
+        ln(bars.close_idx / lag(bars.close_idx) over bars_in_order) as log_return,
+        coalesce(bars.close_idx <> lag(bars.close_idx) over bars_in_order, true) as close_changed,
+        row_number() over bars_in_order as bar_number,
+        {%- if built is not none %}
+        built_rows.unchanged_close_run as built_run
+        {%- else %}
+        null::bigint as built_run
+        {%- endif %}
+    from {{ source }} as bars
+    {%- if built is not none %}
+    left join {{ built }} as built_rows
+        on bars.pair = built_rows.pair and bars.ts_utc = built_rows.ts_utc
+    {%- endif %}
+    window bars_in_order as (partition by bars.pair order by bars.ts_utc)
+),
+
+bar_histories as (
+    select
+        bar_steps.pair,
+        bar_steps.ts_utc,
+        bar_steps.is_new,
+        bar_steps.minutes_since_prev_bar,
+        bar_steps.log_return,
+        bar_steps.bar_number,
+        -- the bar that started the current run of equal closes
+        max(case when bar_steps.close_changed then bar_steps.bar_number end) over running as run_start_bar,
+        -- the last bar that opened a gap: a running max, O(1) per row whatever the span
+        max(
+            case when bar_steps.minutes_since_prev_bar > {{ settings.gap_limit_minutes }} then bar_steps.bar_number end
+        ) over running as last_gap_bar,
+        first_value(bar_steps.built_run) over running as first_built_run,
+        count(bar_steps.log_return) over previous_returns as previous_return_count,
+        stddev_samp(bar_steps.log_return) over previous_returns as previous_return_std
+    from bar_steps
+    window
+        running as (
+            partition by bar_steps.pair order by bar_steps.ts_utc
+            rows between unbounded preceding and current row
+        ),
+        previous_returns as (
+            partition by bar_steps.pair order by bar_steps.ts_utc
+            rows between {{ spike_window }} preceding and 1 preceding
+        )
+)
+
+select
+    bar_histories.pair,
+    bar_histories.ts_utc,
+    bar_histories.is_new,
+    bar_histories.minutes_since_prev_bar,
+    (
+        bar_histories.bar_number - bar_histories.run_start_bar + 1
+        -- the run that began before the first bar read continues the run already built there
+        + case when bar_histories.run_start_bar = 1 then coalesce(bar_histories.first_built_run, 1) - 1 else 0 end
+    )::bigint as unchanged_close_run,
+    case
+        when bar_histories.previous_return_count = {{ spike_window }}
+            then abs(bar_histories.log_return) / nullif(bar_histories.previous_return_std, 0)
+    end as spike_score_w{{ spike_window }},
+    case
+        when bar_histories.previous_return_count = {{ spike_window }}
+            then abs(bar_histories.log_return)
+            > {{ settings.spike_sigma_multiple }} * bar_histories.previous_return_std
+    end as spike_flag_w{{ spike_window }},
+    {%- for family, span in data_quality_gap_spans().items() %}
+    -- a gap opened by one of the bars t-{{ span - 2 }} ... t lies inside the {{ span }} bars read
+    case
+        when bar_histories.bar_number >= {{ span }}
+            then coalesce(bar_histories.last_gap_bar >= bar_histories.bar_number - {{ span - 2 }}, false)
+    end as gap_in_{{ family }}_window{{ "," if not loop.last }}
+    {%- endfor %}
+from bar_histories
+{%- endmacro %}
+
+
+{#- For the YAML's warmup_nulls test of spike_score (null_allowed_when): the score of the tested
+    row of `model` is NULL and the spike window's returns are all 0, i.e. the previous bar ends a
+    run of at least spike_window + 1 equal closes. The subquery runs only on NULL rows. -#}
+{% macro spike_window_is_flat(model, model_name, column) -%}
+case
+    when {{ model_name }}.{{ column }} is null
+        then (
+            select previous_bar.unchanged_close_run
+            from {{ model }} as previous_bar
+            where previous_bar.pair = {{ model_name }}.pair and previous_bar.ts_utc < {{ model_name }}.ts_utc
+            order by previous_bar.ts_utc desc
+            limit 1
+        ) >= {{ data_quality_settings().spike_window + 1 }}
+    else false
+end
+{%- endmacro %}

@@ -1,0 +1,340 @@
+"""Market features (volume_features, spread_features, data_quality_features) against NumPy.
+
+Every reference recomputes each window from its own values (NumPy on sliding windows, integer
+sums exact in int64), never a running pandas rolling sum. Values must agree within 1e-9 of the
+column's largest |value| per pair, NULLs exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from bqx.dbt import PROJECT_DIR
+from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
+
+REL_TOL = 1e-9
+
+VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+ROLLING_WINDOWS: list[int] = VARS["rolling_windows"]
+# defaults of the macros until dbt_project.yml declares these vars
+TOD_DAYS: int = VARS.get("volume_tod_days", 5)
+GAP_LIMIT_MINUTES: float = VARS.get("gap_limit_minutes", 5)
+SPIKE_WINDOW: int = VARS.get("spike_window", 60)
+SPIKE_SIGMA_MULTIPLE: float = VARS.get("spike_sigma_multiple", 10)
+
+
+def _index_bars(dsn: str) -> pd.DataFrame:
+    return query_frame(
+        dsn,
+        "select pair, ts_utc, high_idx, low_idx, close_idx, volume, spread_bps "
+        "from staging.m1_index order by pair, ts_utc",
+    )
+
+
+def _model(dsn: str, table: str) -> pd.DataFrame:
+    return query_frame(dsn, f"select * from features.{table} order by pair, ts_utc")
+
+
+def _windows(values: np.ndarray, w: int) -> np.ndarray:
+    """Row t - w + 1 of the result is the window values[t - w + 1 ... t]."""
+    return np.lib.stride_tricks.sliding_window_view(values, w)
+
+
+def _aligned(n: int, w: int, per_window: np.ndarray) -> np.ndarray:
+    """A per-window result placed at the window's last bar; NaN during the first w - 1 bars."""
+    out = np.full(n, np.nan)
+    out[w - 1 :] = per_window
+    return out
+
+
+def assert_matches(label: str, got: pd.Series | np.ndarray, expected: np.ndarray) -> float:
+    """Same NULLs, values within REL_TOL × the column's largest |expected|; returns the error."""
+    got = pd.to_numeric(pd.Series(got), errors="coerce").to_numpy(dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    differ = np.isnan(got) != np.isnan(expected)
+    assert not differ.any(), (
+        f"{label}: NULL on one side only at rows {np.flatnonzero(differ)[:5]} "
+        f"(sql {got[differ][:3]}, numpy {expected[differ][:3]})"
+    )
+    both = ~np.isnan(expected)
+    if not both.any():
+        return 0.0
+    scale = max(np.abs(expected[both]).max(), 1e-300)
+    error = float(np.abs(got[both] - expected[both]).max() / scale)
+    assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
+    return error
+
+
+# --- references -----------------------------------------------------------------------------
+
+
+def volume_reference(bars: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The volume columns of one pair's bars (ordered by ts_utc)."""
+    volume = bars["volume"].to_numpy(dtype=np.int64)
+    close = bars["close_idx"].to_numpy(dtype=float)
+    typical = (bars["high_idx"].to_numpy(float) + bars["low_idx"].to_numpy(float) + close) / 3
+    n = len(volume)
+    signed = np.zeros(n, dtype=np.int64)
+    signed[1:] = np.sign(np.diff(close)).astype(np.int64) * volume[1:]
+    out: dict[str, np.ndarray] = {}
+    for w in ROLLING_WINDOWS:
+        if n < w:
+            for metric in ["mean", "std", "z", "ratio", "imbalance", "vwap_dev"]:
+                out[f"volume_{metric}_w{w}"] = np.full(n, np.nan)
+            continue
+        win = _windows(volume, w)
+        total = win.sum(axis=1)  # exact: int64
+        has_volume = total > 0
+        mean = np.where(has_volume, total / w, np.nan)
+        std = np.where(has_volume, win.astype(float).std(axis=1, ddof=1), np.nan)
+        current = volume[w - 1 :].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(std > 0, (current - mean) / std, np.nan)
+            ratio = current / mean
+            vwap = (_windows(typical, w) * win).sum(axis=1) / total
+            vwap_dev = np.where(has_volume, close[w - 1 :] / vwap - 1, np.nan)
+            imbalance = _windows(signed, w).sum(axis=1) / total
+        imbalance = np.where(has_volume, imbalance, np.nan)
+        out[f"volume_mean_w{w}"] = _aligned(n, w, mean)
+        out[f"volume_std_w{w}"] = _aligned(n, w, std)
+        out[f"volume_z_w{w}"] = _aligned(n, w, z)
+        out[f"volume_ratio_w{w}"] = _aligned(n, w, ratio)
+        out[f"volume_vwap_dev_w{w}"] = _aligned(n, w, vwap_dev)
+        imbalance = _aligned(n, w, imbalance)
+        imbalance[:w] = np.nan  # the first window's first bar has no previous close
+        out[f"volume_imbalance_w{w}"] = imbalance
+    out[f"volume_tod_ratio_d{TOD_DAYS}"] = tod_ratio_reference(bars)
+    return out
+
+
+def tod_ratio_reference(bars: pd.DataFrame) -> np.ndarray:
+    """volume / mean volume of the bars at the same UTC minute of day among the previous
+    TOD_DAYS × 1440 bars; NaN during the first TOD_DAYS × 1440 bars, without such bars, or
+    when their mean is 0."""
+    lookback = TOD_DAYS * 1440
+    volume = bars["volume"].to_numpy(dtype=np.int64)
+    ts = pd.DatetimeIndex(bars["ts_utc"]).tz_convert("UTC")
+    minute = (ts.hour * 60 + ts.minute).to_numpy()
+    out = np.full(len(volume), np.nan)
+    for m in np.unique(minute):
+        rows = np.flatnonzero(minute == m)  # bar positions, increasing
+        sums = np.concatenate([[0], np.cumsum(volume[rows])])
+        for k, t in enumerate(rows):
+            if t < lookback:
+                continue
+            first = np.searchsorted(rows, t - lookback)  # earliest same-minute bar in range
+            count = k - first
+            total = sums[k] - sums[first]
+            if count > 0 and total > 0:
+                out[t] = volume[t] / (total / count)
+    return out
+
+
+def spread_reference(bars: pd.DataFrame) -> dict[str, np.ndarray]:
+    spread = bars["spread_bps"].to_numpy(dtype=float)  # NaN where the spread is NULL
+    n = len(spread)
+    out: dict[str, np.ndarray] = {}
+    for w in ROLLING_WINDOWS:
+        names = [f"spread_bps_{metric}_w{w}" for metric in ["mean", "std", "z", "min", "max"]]
+        if n < w:
+            out.update({name: np.full(n, np.nan) for name in names})
+            continue
+        win = _windows(spread, w)
+        full = ~np.isnan(win).any(axis=1)  # a window is full only with W non-NULL spreads
+        mean = np.where(full, win.mean(axis=1), np.nan)
+        low = np.where(full, win.min(axis=1), np.nan)
+        high = np.where(full, win.max(axis=1), np.nan)
+        std = np.where(full, win.std(axis=1, ddof=1), np.nan)
+        flat = full & (low == high)
+        std[flat] = 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(full & ~flat, (spread[w - 1 :] - mean) / std, np.nan)
+        for name, values in zip(names, [mean, std, z, low, high]):
+            out[name] = _aligned(n, w, values)
+    return out
+
+
+def data_quality_reference(bars: pd.DataFrame, spans: dict[str, int]) -> dict[str, np.ndarray]:
+    close = bars["close_idx"].to_numpy(dtype=float)
+    ts = pd.DatetimeIndex(bars["ts_utc"]).tz_convert("UTC").to_numpy()
+    n = len(close)
+    minutes = np.full(n, np.nan)
+    minutes[1:] = np.diff(ts).astype("timedelta64[s]").astype(float) / 60
+    run = np.ones(n)
+    for t in range(1, n):
+        if close[t] == close[t - 1]:
+            run[t] = run[t - 1] + 1
+    log_return = np.full(n, np.nan)
+    log_return[1:] = np.log(close[1:] / close[:-1])
+    score = np.full(n, np.nan)
+    flag = np.full(n, np.nan)
+    for t in range(SPIKE_WINDOW + 1, n):
+        sigma = log_return[t - SPIKE_WINDOW : t].std(ddof=1)
+        flag[t] = float(abs(log_return[t]) > SPIKE_SIGMA_MULTIPLE * sigma)
+        if sigma > 0:
+            score[t] = abs(log_return[t]) / sigma
+    out = {
+        "minutes_since_prev_bar": minutes,
+        "unchanged_close_run": run,
+        f"spike_score_w{SPIKE_WINDOW}": score,
+        f"spike_flag_w{SPIKE_WINDOW}": flag,
+    }
+    is_gap = np.nan_to_num(minutes, nan=0) > GAP_LIMIT_MINUTES
+    for family, span in spans.items():
+        gap = np.full(n, np.nan)
+        for t in range(span - 1, n):
+            gap[t] = float(is_gap[t - span + 2 : t + 1].any())  # the gaps inside bars t-span+1 ... t
+        out[f"gap_in_{family}_window"] = gap
+    return out
+
+
+def gap_spans() -> dict[str, int]:
+    """Bars read by each window family's longest feature (see macros/features/data_quality.yml)."""
+    series = VARS["bqx_series_window"]
+    return {
+        "bqx": max(VARS["bqx_windows"]) + 1,
+        "reg": max(VARS["reg_windows"]) + series,
+        "bollinger": max(VARS["bollinger_windows"]) + series,
+        "rolling": max(VARS["rolling_windows"]) + series,
+    }
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def _compare_model(dsn: str, table: str, reference, expected_columns: list[str]) -> dict[str, float]:
+    bars = _index_bars(dsn)
+    built = _model(dsn, table)
+    assert list(built.columns) == ["pair", "ts_utc", *expected_columns]
+    assert len(built) == len(bars)
+    errors: dict[str, float] = {}
+    for pair in FIXTURE_PAIRS:
+        pair_bars = bars[bars["pair"] == pair].reset_index(drop=True)
+        pair_built = built[built["pair"] == pair].reset_index(drop=True)
+        assert pair_built["ts_utc"].equals(pair_bars["ts_utc"])
+        expected = reference(pair_bars)
+        for column in expected_columns:
+            error = assert_matches(f"{table}.{column} {pair}", pair_built[column], expected[column])
+            errors[column] = max(errors.get(column, 0.0), error)
+    return errors
+
+
+def volume_columns() -> list[str]:
+    names = [
+        f"volume_{metric}_w{w}"
+        for w in ROLLING_WINDOWS
+        for metric in ["mean", "std", "z", "ratio", "imbalance", "vwap_dev"]
+    ]
+    return [*names, f"volume_tod_ratio_d{TOD_DAYS}"]
+
+
+def spread_columns() -> list[str]:
+    return [f"spread_bps_{metric}_w{w}" for w in ROLLING_WINDOWS for metric in ["mean", "std", "z", "min", "max"]]
+
+
+def data_quality_columns() -> list[str]:
+    names = ["minutes_since_prev_bar", "unchanged_close_run", f"spike_score_w{SPIKE_WINDOW}", f"spike_flag_w{SPIKE_WINDOW}"]
+    return [*names, *[f"gap_in_{family}_window" for family in gap_spans()]]
+
+
+def test_volume_features_match_numpy(wave1_dsn: str) -> None:
+    _compare_model(wave1_dsn, "volume_features", volume_reference, volume_columns())
+
+
+def test_all_zero_volume_windows_are_null(wave1_dsn: str) -> None:
+    """The fixture's zero-volume stretch is longer than every window: inside it every volume
+    column is NULL (HistData-like data carries no volume information)."""
+    w = max(ROLLING_WINDOWS)
+    frame = query_frame(
+        wave1_dsn,
+        f"""
+        select
+            features.volume_mean_w{w},
+            features.volume_std_w{w},
+            features.volume_ratio_w{w},
+            features.volume_vwap_dev_w{w},
+            sum(bars.volume) over (order by bars.ts_utc rows between {w - 1} preceding and current row) as window_volume
+        from staging.m1_index as bars
+        inner join features.volume_features as features
+            on bars.pair = features.pair and bars.ts_utc = features.ts_utc
+        where bars.pair = %s
+        order by bars.ts_utc
+        """,
+        (ZERO_VOLUME_PAIR,),
+    )
+    zero = frame["window_volume"].astype(float) == 0
+    assert zero.sum() > 100
+    assert frame.loc[zero].drop(columns="window_volume").isna().all().all()
+
+
+def test_spread_features_match_numpy(wave1_dsn: str) -> None:
+    _compare_model(wave1_dsn, "spread_features", spread_reference, spread_columns())
+
+
+def test_null_spreads_empty_every_window_holding_them(wave1_dsn: str) -> None:
+    bars = _index_bars(wave1_dsn)
+    nulls = bars["spread_bps"].isna()
+    assert nulls.sum() > 0, "the fixture has null spreads"
+    built = _model(wave1_dsn, "spread_features")
+    for pair in bars.loc[nulls, "pair"].unique():
+        positions = np.flatnonzero(nulls[bars["pair"] == pair].to_numpy())
+        pair_built = built[built["pair"] == pair].reset_index(drop=True)
+        for w in ROLLING_WINDOWS:
+            touched = sorted({p + k for p in positions for k in range(w) if p + k < len(pair_built)})
+            assert pair_built.loc[touched, f"spread_bps_mean_w{w}"].isna().all()
+            after = max(touched) + 1
+            if after < len(pair_built):
+                assert pair_built.loc[after, f"spread_bps_mean_w{w}"] is not None
+
+
+def test_data_quality_features_match_numpy(wave1_dsn: str) -> None:
+    spans = gap_spans()
+    _compare_model(
+        wave1_dsn, "data_quality_features", lambda bars: data_quality_reference(bars, spans), data_quality_columns()
+    )
+
+
+def test_flat_stretch_shows_in_unchanged_close_run(wave1_dsn: str) -> None:
+    from conftest import FLAT_BARS, FLAT_PAIR
+
+    longest = query_frame(
+        wave1_dsn,
+        "select max(unchanged_close_run) as longest from features.data_quality_features where pair = %s",
+        (FLAT_PAIR,),
+    )["longest"].iloc[0]
+    assert longest >= FLAT_BARS
+
+
+def test_weekend_counts_as_a_gap(wave1_dsn: str) -> None:
+    """The first bars after the weekend close carry a gap flag in every family."""
+    frame = query_frame(
+        wave1_dsn,
+        "select pair, ts_utc, minutes_since_prev_bar, gap_in_bqx_window, gap_in_reg_window "
+        "from features.data_quality_features where minutes_since_prev_bar > 24 * 60 order by pair, ts_utc",
+    )
+    assert len(frame) >= len(FIXTURE_PAIRS)  # one weekend per pair at least
+    assert frame["gap_in_bqx_window"].dropna().all() and frame["gap_in_reg_window"].dropna().all()
+
+
+@pytest.mark.parametrize(
+    ("yaml_file", "columns"),
+    [
+        ("volume_features.yml", volume_columns),
+        ("spread_features.yml", spread_columns),
+        ("data_quality_features.yml", data_quality_columns),
+    ],
+)
+def test_yaml_documents_every_column(yaml_file: str, columns) -> None:
+    """The YAML lists the columns the macros generate from the vars (so a changed var that
+    leaves the docs behind fails here)."""
+    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "market" / yaml_file).read_text())
+    (model,) = doc["models"]
+    documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
+    assert documented == columns()
+    for column in model["columns"]:
+        assert column.get("description"), column["name"]
