@@ -22,9 +22,15 @@
     `source` (a CTE with pair, ts_utc, is_new and the series columns named by high, low,
     close; the bqx domain passes its one series for all three). The last CTE is
     `technical_values`: pair, ts_utc, is_new and the columns of technical_column_names().
-    Two window levels over the same order (one sort): 1) the smoothing aggregate and the
-    rolling extremes and means, 2) lags: CCI's mean absolute deviation (each bar of the
-    window against this bar's mean) and the slow %K and %D. -#}
+
+    Two window levels over the same order (one ordered scan, no sort), each ONE WindowAgg:
+    1) the %K extremes over var('stoch_fastk') bars (a sliding frame) give fast %K;
+    2) over the running frame: the smoothing aggregate (one call per row) and the lags, of
+    the typical price for CCI's mean and mean absolute deviation, of fast %K for slow %K and
+    %D. Lagged columns come first in level 1's rows (the lag fetches deform less of each row).
+    CCI's mean is the sum of the typical price and its lags (oldest first, as a window sum
+    adds), computed once in level 2's projection; a missing or NULL bar makes it NULL, which
+    is the warm-up (the window must hold W non-NULL values). -#}
 {% macro technical_indicators(source, high, low, close) -%}
     {%- set fastk = var('stoch_fastk') -%}
     {%- set slowk = var('stoch_slowk') -%}
@@ -33,75 +39,57 @@
     {%- set cci_period = var('cci_period') -%}
     {%- set positions = technical_smoother_positions() -%}
     {%- set smoothed_outputs = positions.keys() | list -%}
-technical_windows as (
+technical_fast_k as (
     select
+        (source_bars.{{ high }} + source_bars.{{ low }} + source_bars.{{ close }}) / 3 as typical_price,
+        case
+            when count(source_bars.{{ close }}) over stoch_bars = {{ fastk }} then
+                case
+                    when
+                        abs(max(source_bars.{{ high }}) over stoch_bars - min(source_bars.{{ low }}) over stoch_bars)
+                        <= 1e-14 * (
+                            abs(max(source_bars.{{ high }}) over stoch_bars)
+                            + abs(min(source_bars.{{ low }}) over stoch_bars)
+                        )
+                        then 0
+                    else
+                        (source_bars.{{ close }} - min(source_bars.{{ low }}) over stoch_bars)
+                        / ((max(source_bars.{{ high }}) over stoch_bars - min(source_bars.{{ low }}) over stoch_bars) / 100)
+                end
+        end as fast_k,
         source_bars.pair,
         source_bars.ts_utc,
         source_bars.is_new,
-        source_bars.{{ close }} as close_value,
-        (source_bars.{{ high }} + source_bars.{{ low }} + source_bars.{{ close }}) / 3 as typical_price,
-        {#- one aggregate call per row (identical window calls are evaluated once) #}
-        {%- for output in smoothed_outputs %}
-        ({{ technical_smoothers_name() }}(
-            source_bars.{{ high }}, source_bars.{{ low }}, source_bars.{{ close }}
-        ) over running_bars)[{{ positions[output] }}] as {{ output }},
-        {%- endfor %}
-        min(source_bars.{{ low }}) over stoch_bars as lowest_low,
-        max(source_bars.{{ high }}) over stoch_bars as highest_high,
-        count(source_bars.{{ close }}) over stoch_bars as stoch_bar_count,
-        sum((source_bars.{{ high }} + source_bars.{{ low }} + source_bars.{{ close }}) / 3) over cci_bars
-        / {{ cci_period }} as typical_mean,
-        count(source_bars.{{ close }}) over cci_bars as cci_bar_count
+        source_bars.{{ high }} as high_value,
+        source_bars.{{ low }} as low_value,
+        source_bars.{{ close }} as close_value
     from {{ source }} as source_bars
-    window
-        running_bars as (partition by source_bars.pair order by source_bars.ts_utc),
-        stoch_bars as (running_bars rows between {{ fastk - 1 }} preceding and current row),
-        cci_bars as (running_bars rows between {{ cci_period - 1 }} preceding and current row)
+    window stoch_bars as (
+        partition by source_bars.pair order by source_bars.ts_utc rows between {{ fastk - 1 }} preceding and current row
+    )
 ),
 
-technical_fast_k as (
-    select
-        technical_windows.pair,
-        technical_windows.ts_utc,
-        technical_windows.is_new,
-        {%- for output in smoothed_outputs %}
-        technical_windows.{{ output }},
-        {%- endfor %}
-        technical_windows.typical_price,
-        technical_windows.typical_mean,
-        technical_windows.cci_bar_count,
-        case
-            when technical_windows.stoch_bar_count = {{ fastk }} then
-                case
-                    when
-                        abs(technical_windows.highest_high - technical_windows.lowest_low)
-                        <= 1e-14 * (abs(technical_windows.highest_high) + abs(technical_windows.lowest_low))
-                        then 0
-                    else
-                        (technical_windows.close_value - technical_windows.lowest_low)
-                        / ((technical_windows.highest_high - technical_windows.lowest_low) / 100)
-                end
-        end as fast_k
-    from technical_windows
-),
-
-technical_deviations as (
+technical_lags as (
     select
         technical_fast_k.pair,
         technical_fast_k.ts_utc,
         technical_fast_k.is_new,
+        {#- one aggregate call per row (identical window calls are evaluated once) #}
         {%- for output in smoothed_outputs %}
-        technical_fast_k.{{ output }},
+        ({{ technical_smoothers_name() }}(
+            technical_fast_k.high_value, technical_fast_k.low_value, technical_fast_k.close_value
+        ) over running_bars)[{{ positions[output] }}] as {{ output }},
         {%- endfor %}
         technical_fast_k.typical_price,
-        technical_fast_k.typical_mean,
-        technical_fast_k.cci_bar_count,
+        {%- for lag_bars in range(1, cci_period) %}
+        lag(technical_fast_k.typical_price, {{ lag_bars }}) over running_bars as typical_price_{{ lag_bars }},
+        {%- endfor %}
         (
-            abs(technical_fast_k.typical_price - technical_fast_k.typical_mean)
-            {%- for lag_bars in range(1, cci_period) %}
-            + abs(lag(technical_fast_k.typical_price, {{ lag_bars }}) over running_bars - technical_fast_k.typical_mean)
+            {%- for lag_bars in range(cci_period - 1, 0, -1) %}
+            lag(technical_fast_k.typical_price, {{ lag_bars }}) over running_bars +
             {%- endfor %}
-        ) / {{ cci_period }} as typical_deviation,
+            technical_fast_k.typical_price
+        ) / {{ cci_period }} as typical_mean,
         {#- slow %K of this bar and of the slowd - 1 bars before (SMAs of fast %K, summed oldest
             first as a window sum would), and %D = their SMA: all from lags of fast %K on this one
             window, so STOCH needs no window level of its own; NULL until every lag exists. #}
@@ -124,31 +112,42 @@ technical_deviations as (
 
 technical_values as (
     select
-        technical_deviations.pair,
-        technical_deviations.ts_utc,
-        technical_deviations.is_new,
+        technical_lags.pair,
+        technical_lags.ts_utc,
+        technical_lags.is_new,
         {%- for period in var('rsi_periods') %}
-        technical_deviations.rsi_{{ period }},
+        technical_lags.rsi_{{ period }},
         {%- endfor %}
-        technical_deviations.macd,
-        technical_deviations.macd_signal,
-        technical_deviations.macd_hist,
-        case when technical_deviations.slow_d is not null then technical_deviations.slow_k end as stoch_k,
-        technical_deviations.slow_d as stoch_d,
-        technical_deviations.adx as adx_{{ adx_period }},
-        technical_deviations.plus_di as plus_di_{{ adx_period }},
-        technical_deviations.minus_di as minus_di_{{ adx_period }},
+        technical_lags.macd,
+        technical_lags.macd_signal,
+        technical_lags.macd_hist,
+        case when technical_lags.slow_d is not null then technical_lags.slow_k end as stoch_k,
+        technical_lags.slow_d as stoch_d,
+        technical_lags.adx as adx_{{ adx_period }},
+        technical_lags.plus_di as plus_di_{{ adx_period }},
+        technical_lags.minus_di as minus_di_{{ adx_period }},
+        {#- 0 when |tp - mean| or the mean absolute deviation d is within 1e-14 of |mean|; d is
+            written once (this CTE is inlined into the model's select, so each mention would be
+            evaluated): nullif(greatest(d, limit), limit) is NULL exactly when d <= limit. #}
         case
-            when technical_deviations.cci_bar_count < {{ cci_period }} then null
+            when technical_lags.typical_mean is null then null
             when
-                abs(technical_deviations.typical_price - technical_deviations.typical_mean)
-                <= 1e-14 * abs(technical_deviations.typical_mean)
-                or technical_deviations.typical_deviation <= 1e-14 * abs(technical_deviations.typical_mean)
+                abs(technical_lags.typical_price - technical_lags.typical_mean)
+                <= 1e-14 * abs(technical_lags.typical_mean)
                 then 0
-            else
-                (technical_deviations.typical_price - technical_deviations.typical_mean)
-                / (0.015 * technical_deviations.typical_deviation)
+            else coalesce(
+                (technical_lags.typical_price - technical_lags.typical_mean) / (0.015 * nullif(greatest(
+                    (
+                        abs(technical_lags.typical_price - technical_lags.typical_mean)
+                        {%- for lag_bars in range(1, cci_period) %}
+                        + abs(technical_lags.typical_price_{{ lag_bars }} - technical_lags.typical_mean)
+                        {%- endfor %}
+                    ) / {{ cci_period }},
+                    1e-14 * abs(technical_lags.typical_mean)
+                ), 1e-14 * abs(technical_lags.typical_mean))),
+                0
+            )
         end as cci_{{ cci_period }}
-    from technical_deviations
+    from technical_lags
 )
 {%- endmacro %}
