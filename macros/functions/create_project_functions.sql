@@ -2,5 +2,6 @@
     every SQL function and aggregate the models use, so a database holding only `raw` builds.
     One line per family; each family's macro lives in its own file beside this one. -#}
 {% macro create_project_functions() -%}
-    {{ create_smoothing_aggregates() }}
+    {{ create_smoothing_aggregates() }};
+    {{ create_reg_window_start_type() }}
 {%- endmacro %}

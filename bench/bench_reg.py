@@ -1,0 +1,125 @@
+"""REG benchmark: the SQL model reg_rate against NumPy, on 28 pairs × 1 month, in one run.
+
+Figures (bench/results.json keys):
+  reg.polyfit_loop.rows_per_s      numpy.polyfit per row and window (6 windows), on a sample
+  reg.numpy_vectorised.rows_per_s  all REG columns vectorised in NumPy, including reading the
+                                   index out of PostgreSQL (binary COPY) and writing the result
+                                   back (binary COPY into a new table + its unique index)
+  reg.sql.model.rows_per_s         the model's SQL alone: CREATE TABLE AS + unique index, what
+                                   `dbt run` executes, without dbt's start-up
+  reg.sql.dbt_run.rows_per_s       `dbt run --select reg_rate --full-refresh`, wall clock
+  reg.sql_vs_polyfit_loop.ratio    model SQL rows/s ÷ polyfit loop rows/s (goal ≥ 100)
+  reg.sql_vs_numpy.ratio           model SQL rows/s ÷ vectorised NumPy rows/s (goal ≥ 1)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PROJECT_DIR, BenchDatabase, bench_database, best_of, record  # noqa: E402
+from reg_numpy import column_names, copy_frame_binary, read_series_binary, reg_polyfit_loop, reg_vectorised  # noqa: E402
+
+WINDOWS: list[int] = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["reg_windows"]
+POLYFIT_SAMPLE_ROWS = 1000
+REPEAT = 2
+
+
+def polyfit_loop_rows_per_s(bench: BenchDatabase) -> float:
+    with psycopg.connect(bench.dsn) as conn:
+        _, _, y = read_series_binary(
+            conn, "select pair, ts_utc, close_idx from staging.m1_index where pair = 'EURUSD' order by ts_utc"
+        )
+    started = time.perf_counter()
+    reg_polyfit_loop(y, WINDOWS, POLYFIT_SAMPLE_ROWS)
+    return POLYFIT_SAMPLE_ROWS / (time.perf_counter() - started)
+
+
+def numpy_vectorised_build(bench: BenchDatabase) -> int:
+    """Read the index, compute every REG column per pair, COPY into a new table, index it."""
+    with psycopg.connect(bench.dsn) as conn:
+        pairs, ts_us, y = read_series_binary(
+            conn, "select pair, ts_utc, close_idx from staging.m1_index order by pair, ts_utc"
+        )
+        columns = {name: np.empty(len(y)) for name in column_names(WINDOWS)}
+        bounds = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1], True])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            for name, values in reg_vectorised(y[lo:hi], WINDOWS).items():
+                columns[name][lo:hi] = values
+        conn.execute("drop table if exists public.bench_reg_numpy")
+        conn.execute(
+            "create table public.bench_reg_numpy (pair text, ts_utc timestamptz, "
+            + ", ".join(f"{name} double precision" for name in columns)
+            + ")"
+        )
+        copy_frame_binary(conn, "public.bench_reg_numpy", pairs.astype(str), ts_us, columns)
+        conn.execute("create unique index on public.bench_reg_numpy (pair, ts_utc)")
+        conn.commit()
+    return len(y)
+
+
+def compiled_model_sql(bench: BenchDatabase) -> str:
+    """The SQL dbt compiled for reg_rate on its full-refresh run."""
+    found = sorted(bench.target_path.glob("compiled/*/models/features/regression/reg_rate.sql"))
+    if not found:
+        raise FileNotFoundError(f"no compiled reg_rate.sql under {bench.target_path}")
+    return found[0].read_text()
+
+
+def sql_model_build(bench: BenchDatabase, model_sql: str) -> None:
+    """What dbt runs for the model, without dbt: CREATE TABLE AS + the unique index."""
+    with psycopg.connect(bench.dsn) as conn:
+        conn.execute("drop table if exists public.bench_reg_sql")
+        conn.execute(f"create table public.bench_reg_sql as {model_sql}")
+        conn.execute("create unique index on public.bench_reg_sql (pair, ts_utc)")
+        conn.commit()
+
+
+def main() -> None:
+    with bench_database("reg") as bench:
+        rows = bench.rows
+        size = f"{bench.pairs} pairs × 1 month, {rows:,} bars, {len(WINDOWS)} windows"
+        print(f"REG benchmark on {size}", flush=True)
+
+        loop = polyfit_loop_rows_per_s(bench)
+        record(
+            "reg.polyfit_loop.rows_per_s", loop, "rows/s",
+            f"numpy.polyfit per row and window, {POLYFIT_SAMPLE_ROWS} rows of EURUSD × {len(WINDOWS)} windows",
+        )
+
+        # dbt first: it creates the model's composite type and writes the compiled SQL
+        dbt_seconds = bench.dbt("run", "--select", "reg_rate", "--full-refresh")
+        record(
+            "reg.sql.dbt_run.rows_per_s", rows / dbt_seconds, "rows/s",
+            f"dbt run --select reg_rate --full-refresh, wall {dbt_seconds:.1f} s incl. dbt start-up; {size}",
+        )
+        model_sql = compiled_model_sql(bench)
+        sql_seconds, _ = best_of(REPEAT, lambda: sql_model_build(bench, model_sql))
+        sql_rate = rows / sql_seconds
+        record(
+            "reg.sql.model.rows_per_s", sql_rate, "rows/s",
+            f"the model's compiled SQL: create table as + unique index, best of {REPEAT}, "
+            f"{sql_seconds:.2f} s; {size}",
+        )
+
+        numpy_seconds, _ = best_of(REPEAT, lambda: numpy_vectorised_build(bench))
+        numpy_rate = rows / numpy_seconds
+        record(
+            "reg.numpy_vectorised.rows_per_s", numpy_rate, "rows/s",
+            f"binary COPY out, NumPy (same block algorithm), binary COPY into a new table + unique index, "
+            f"best of {REPEAT}, {numpy_seconds:.2f} s; {size}",
+        )
+
+        record("reg.sql_vs_polyfit_loop.ratio", sql_rate / loop, "×", "reg.sql.model ÷ reg.polyfit_loop (goal ≥ 100)")
+        record("reg.sql_vs_numpy.ratio", sql_rate / numpy_rate, "×", "reg.sql.model ÷ reg.numpy_vectorised (goal ≥ 1)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""What every benchmark shares: a throw-away database holding 28 pairs × 1 month of generated
+bars with staging built, timing helpers, and `record()`, which merges one figure into
+bench/results.json and re-renders bench/results.md.
+
+The database lives on a throw-away embedded server (its own port and data directory, destroyed
+at the end), or, when BQX_PG_DSN is set, in a throw-away database on that server (created and
+dropped; the database the DSN names is never touched).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+import psycopg
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(PROJECT_DIR / "python"))
+
+from bqx import server  # noqa: E402
+from bqx.dbt import run_dbt  # noqa: E402
+
+RESULTS_JSON = BENCH_DIR / "results.json"
+RESULTS_MD = BENCH_DIR / "results.md"
+# data size and server of the last prepared database: results.md shows them at the top
+ENVIRONMENT_JSON = BENCH_DIR / "environment.json"
+
+# 28 pairs × 1 month: the size every figure of the suite is measured on
+BENCH_START = dt.date(2024, 7, 1)
+BENCH_END = dt.date(2024, 8, 1)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    """A database holding raw bars and the staging models, ready for feature builds."""
+
+    dsn: str
+    rows: int  # rows of staging.m1_index
+    pairs: int
+    target_path: Path  # dbt target folder of this benchmark run (others run dbt concurrently)
+
+    def dbt(self, *args: str) -> float:
+        """Run dbt against this database; return wall seconds; raise with dbt's log on failure."""
+        started = time.perf_counter()
+        done = run_dbt(list(args), self.dsn, target_path=self.target_path, capture=True)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"dbt {' '.join(args)} failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}")
+        return elapsed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def generate_month(pairs: list[str] | None = None) -> pd.DataFrame:
+    """The benchmark's bars: every pair (or `pairs`) over BENCH_START .. BENCH_END."""
+    from bqx.generate import PAIRS, generate_bars
+
+    return generate_bars(BENCH_START, BENCH_END, list(pairs or PAIRS))
+
+
+def load_bars(dsn: str, bars: pd.DataFrame) -> None:
+    """Load bars into raw.m1_bars with the project's loader (bqx.load.load_frame); before that
+    loader existed, a direct COPY into the raw schema did the same for a clean frame."""
+    try:
+        from bqx.load import load_frame
+    except ImportError:
+        load_frame = None
+    if load_frame is not None:
+        load_frame(dsn, bars, "bench")
+        return
+    from bqx.raw_schema import ensure_month_partitions, ensure_raw_schema
+
+    columns = ["pair", "ts_utc", "open", "high", "low", "close", "volume", "spread"]
+    frame = bars[columns].copy()
+    frame["pair"] = frame["pair"].astype(str)
+    frame["ts_utc"] = frame["ts_utc"].dt.strftime("%Y-%m-%d %H:%M:%S+00")
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False)  # float repr round-trips exactly
+    with psycopg.connect(dsn) as conn:
+        ensure_raw_schema(conn)
+        ensure_month_partitions(conn, sorted(_months_between(bars)))
+        with conn.cursor().copy(f"copy raw.m1_bars ({', '.join(columns)}) from stdin (format csv)") as copy:
+            copy.write(buffer.getvalue())
+        conn.execute("analyze raw.m1_bars")
+
+
+def _months_between(bars: pd.DataFrame) -> set[dt.date]:
+    ts = bars["ts_utc"]
+    first, last = ts.min(), ts.max()
+    months, month = set(), dt.date(first.year, first.month, 1)
+    while month <= dt.date(last.year, last.month, 1):
+        months.add(month)
+        month = dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+    return months
+
+
+def server_version(dsn: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        return str(conn.execute("select version()").fetchone()[0])
+
+
+def machine_info() -> dict[str, str]:
+    """nproc, memory and CPU model of this machine (read at render time)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return {"nproc": str(os.cpu_count()), "memory": memory, "cpu": cpu, "python": platform.python_version()}
+
+
+@contextmanager
+def bench_database(purpose: str = "bench", pairs: list[str] | None = None) -> Iterator[BenchDatabase]:
+    """A throw-away database with 28 pairs × 1 month of generated bars and staging built."""
+    with tempfile.TemporaryDirectory(prefix=f"bqx_{purpose}_") as tmp:
+        home = Path(tmp)
+        external = os.environ.get("BQX_PG_DSN")
+        cluster = None
+        database = f"bqx_{purpose}_{uuid.uuid4().hex[:8]}"
+        if external:
+            admin_dsn = external
+        else:
+            cluster = server.cluster_for(home, port=_free_port())
+            admin_dsn = server.start(cluster, link=home / ".bqx" / "pgdata", database="postgres")
+        try:
+            server.create_database(admin_dsn, database)
+            dsn = server.with_database(admin_dsn, database)
+            bars = generate_month(pairs)
+            load_bars(dsn, bars)
+            bench = BenchDatabase(dsn=dsn, rows=0, pairs=int(bars["pair"].nunique()), target_path=home / "target")
+            bench.dbt("run", "--select", "path:models/staging")
+            with psycopg.connect(dsn) as conn:
+                conn.execute("analyze staging.m1_index")
+                rows = int(conn.execute("select count(*) from staging.m1_index").fetchone()[0])
+            bench = BenchDatabase(dsn=dsn, rows=rows, pairs=bench.pairs, target_path=bench.target_path)
+            _write_environment(bench)
+            yield bench
+        finally:
+            if external:
+                server.drop_database(admin_dsn, database)
+            elif cluster is not None:
+                server.destroy(cluster)
+
+
+def _write_environment(bench: BenchDatabase) -> None:
+    environment = {
+        "data": f"{bench.pairs} pairs × {BENCH_START:%Y-%m-%d} .. {BENCH_END:%Y-%m-%d} (end excluded), "
+        f"{bench.rows:,} one-minute bars (generated by bqx.generate)",
+        "rows": bench.rows,
+        "postgres": server_version(bench.dsn),
+        "server": "BQX_PG_DSN (throw-away database)" if os.environ.get("BQX_PG_DSN") else "embedded, throw-away",
+    }
+    ENVIRONMENT_JSON.write_text(json.dumps(environment, indent=2) + "\n")
+
+
+def best_of(repeat: int, action: Callable[[], T]) -> tuple[float, T]:
+    """The shortest wall time of `repeat` runs of `action` (the least disturbed), and its result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = action()
+        best = min(best, time.perf_counter() - started)
+    return best, result  # type: ignore[return-value]
+
+
+def record(key: str, value: float, unit: str, note: str) -> None:
+    """Merge one figure into bench/results.json and re-render bench/results.md."""
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    results[key] = {"value": float(value), "unit": unit, "note": note}
+    results = dict(sorted(results.items()))
+    tmp = RESULTS_JSON.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(RESULTS_JSON)
+    RESULTS_MD.write_text(render_markdown(results))
+    print(f"  {key} = {_format_value(float(value))} {unit}  ({note})", flush=True)
+
+
+def _format_value(value: float) -> str:
+    if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-2):
+        return f"{value:.3g}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def render_markdown(results: dict[str, dict[str, object]]) -> str:
+    environment = json.loads(ENVIRONMENT_JSON.read_text()) if ENVIRONMENT_JSON.exists() else {}
+    machine = machine_info()
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (bench/run.py); one key per figure in results.json.",
+        "",
+        f"- data: {environment.get('data', 'unknown')}",
+        f"- machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} memory, "
+        f"Python {machine['python']}",
+        f"- PostgreSQL: {environment.get('postgres', 'unknown')} ({environment.get('server', '')})",
+        "",
+        "| key | value | unit | note |",
+        "|---|---:|---|---|",
+    ]
+    for key, figure in results.items():
+        note = str(figure.get("note", "")).replace("|", "\\|")
+        lines.append(f"| `{key}` | {_format_value(float(figure['value']))} | {figure.get('unit', '')} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_python(script: Path) -> int:
+    """Run one benchmark script with this interpreter (bench/run.py)."""
+    return subprocess.run([sys.executable, str(script)], cwd=PROJECT_DIR, check=False).returncode

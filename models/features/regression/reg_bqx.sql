@@ -1,0 +1,22 @@
+{{ config(
+    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
+) }}
+
+-- Quadratic regressions of the BQX series bqx_w{var('bqx_series_window')} over the W bars ending at
+-- t, per window W of var('reg_windows'), endpoint as a difference: the maths is in
+-- macros/features/regression.sql.
+{%- set series = 'bqx_w' ~ var('bqx_series_window') %}
+with source_rows as (
+    {{ incremental_rows(ref('bqx'), ['pair', 'ts_utc', series], lookback_bars=var('reg_windows') | max) }}
+),
+
+{{ reg_ctes('source_rows', series, endpoint='difference', reference='zero') }}
+
+select
+    reg_values.pair,
+    reg_values.ts_utc,
+    {% for column in reg_column_names() -%}
+        reg_values.{{ column }}{% if not loop.last %},{% endif %}
+    {% endfor %}
+from reg_values
+where reg_values.is_new

@@ -1,0 +1,20 @@
+{{ config(
+    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
+) }}
+
+-- Quadratic regressions of the rate index close_idx over the W bars ending at t, per window W of
+-- var('reg_windows'), endpoint as a ratio: the maths is in macros/features/regression.sql.
+with source_rows as (
+    {{ incremental_rows(ref('m1_index'), ['pair', 'ts_utc', 'close_idx'], lookback_bars=var('reg_windows') | max) }}
+),
+
+{{ reg_ctes('source_rows', 'close_idx', endpoint='ratio', reference='block') }}
+
+select
+    reg_values.pair,
+    reg_values.ts_utc,
+    {% for column in reg_column_names() -%}
+        reg_values.{{ column }}{% if not loop.last %},{% endif %}
+    {% endfor %}
+from reg_values
+where reg_values.is_new
