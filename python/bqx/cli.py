@@ -73,6 +73,18 @@ def cmd_dbt(args: argparse.Namespace) -> int:
     return run_dbt(args.dbt_args, dsn).returncode
 
 
+def cmd_lint(args: argparse.Namespace) -> int:
+    """sqlfluff with the dbt templater, which compiles against the configured server."""
+    import subprocess
+
+    from bqx.dbt import dbt_env
+
+    dsn = _ensure_server()
+    sqlfluff = Path(sys.executable).with_name("sqlfluff")
+    paths = args.paths or ["models", "analyses", "tests"]
+    return subprocess.run([str(sqlfluff), "lint", *paths], cwd=PROJECT_DIR, env=dbt_env(dsn), check=False).returncode
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from bqx.status import coverage, format_coverage
 
@@ -110,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     dbt = sub.add_parser("dbt", help="any dbt command against the configured server")
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)
+
+    lint = sub.add_parser("lint", help="sqlfluff lint (dbt templater) against the configured server")
+    lint.add_argument("paths", nargs="*", help="default: models analyses tests")
+    lint.set_defaults(func=cmd_lint)
 
     status = sub.add_parser("status", help="rows per pair × month for the source and every model")
     status.set_defaults(func=cmd_status)
