@@ -110,8 +110,8 @@ reg_numbered as (
 reg_referenced as (
     -- ref: {{ 'the bar before the block (the first bar for block 0) on the 2^-18 grid, 0 where NULL' if reference == 'block' else '0 (a series centred on 0)' }},
     -- z = y - ref and z_grid its part on the 2^-18 grid (sums of z_grid and z_grid^2 are exact),
-    -- last_change: the last bar whose value differs from its predecessor's (a window is flat when
-    -- no change follows its first bar)
+    -- since_change: bars since the last bar whose value differs from its predecessor's (a window
+    -- of W bars is flat when since_change >= W - 1: no change follows its first bar)
     {%- if reference == 'block' %}
     {%- set ref_expr -%}
         coalesce(
@@ -129,13 +129,12 @@ reg_referenced as (
         is_new,
         y,
         y_grid,
-        bar_index,
         bar_index / {{ block }} as block,
         (bar_index % {{ block }} - {{ half }})::double precision as lx,
         ({{ ref_expr }})::double precision as ref,
         coalesce(y - {{ ref_expr }}, 0.0) as z,
         round(coalesce(y - {{ ref_expr }}, 0.0) * {{ grid }}) / {{ grid }} as z_grid,
-        max(case when changed then bar_index end) over running_bars as last_change
+        bar_index - max(case when changed then bar_index end) over running_bars as since_change
     from reg_numbered
     window running_bars as (partition by pair order by ts_utc rows unbounded preceding)
 ),
@@ -148,11 +147,10 @@ reg_terms as (
         is_new,
         y,
         y_grid,
-        bar_index,
         block,
         lx,
         ref,
-        last_change,
+        since_change,
         z_grid,
         z - z_grid as z_rest,
         lx * z as lz,
@@ -169,11 +167,10 @@ reg_block_sums as (
         is_new,
         y,
         y_grid,
-        bar_index,
         block,
         lx,
         ref,
-        last_change,
+        since_change,
         z_grid,
         z_rest,
         lz,
@@ -239,9 +236,8 @@ reg_block_moments as (
         ts_utc,
         block,
         is_new,
-        bar_index,
         ref,
-        last_change,
+        since_change,
         p0_grid,
         p0_rest,
         p0_grid + p0_rest as p0,
@@ -257,15 +253,15 @@ reg_block_moments as (
 
 reg_window_starts as (
     -- per window: the part of its first bar s = t - W + 1, fetched by lag, about the window's
-    -- centre (positions from s shifted by m = -(W-1)/2)
+    -- centre (positions from s shifted by m = -(W-1)/2); l2 holds S2 - (W^2-1)/12 S0 (the
+    -- weight u^2 - (W^2-1)/12 of the orthogonal basis), so that t adds no term for it
     select
         pair,
         ts_utc,
         is_new,
         y,
         ref,
-        bar_index,
-        last_change,
+        since_change,
         p0_grid,
         p0_rest,
         p0,
@@ -274,7 +270,8 @@ reg_window_starts as (
         a1,
         a2
         {%- for window in var('reg_windows') %}
-        {%- set m = -(window - 1) / 2.0 %},
+        {%- set m = -(window - 1) / 2.0 %}
+        {%- set k = (window * window - 1) / 12.0 %},
         lag(
             case
                 when y is null then null
@@ -283,7 +280,7 @@ reg_window_starts as (
                         n0_grid,
                         n0_rest,
                         n1s + {{ reg_float(m) }} * (n0_grid + n0_rest),
-                        n2s + {{ reg_float(2 * m) }} * n1s + {{ reg_float(m * m) }} * (n0_grid + n0_rest),
+                        n2s + {{ reg_float(2 * m) }} * n1s + {{ reg_float(m * m - k) }} * (n0_grid + n0_rest),
                         nq_grid,
                         nq_rest,
                         y
@@ -292,7 +289,7 @@ reg_window_starts as (
                     r0_grid,
                     r0_rest,
                     r1s + {{ reg_float(m) }} * (r0_grid + r0_rest),
-                    r2s + {{ reg_float(2 * m) }} * r1s + {{ reg_float(m * m) }} * (r0_grid + r0_rest),
+                    r2s + {{ reg_float(2 * m) }} * r1s + {{ reg_float(m * m - k) }} * (r0_grid + r0_rest),
                     rq_grid,
                     rq_rest,
                     y
@@ -305,10 +302,10 @@ reg_window_starts as (
     window bars_in_order as (partition by pair order by block, ts_utc)
 ),
 
-reg_moments as (
+reg_window_sums as (
     -- window sums about the window's centre on the reference of t's block: the part of t's block
-    -- up to t plus the part fetched from s. sst = SQ - S0^2 / W with its grid part
-    -- (W SQ_grid - S0_grid^2) exact in float8: nothing is lost to the level of z
+    -- up to t plus the part fetched from s, each field of a start value read once (the fence
+    -- keeps the levels below from being inlined into every reference above)
     select
         pair,
         ts_utc,
@@ -318,28 +315,24 @@ reg_moments as (
         {%- for window in var('reg_windows') %}
         {%- set m = -(window - 1) / 2.0 %}
         {%- set k = (window * window - 1) / 12.0 %}
-        {%- set start = 'start_w' ~ window %}
-        {%- set s0_grid = '(p0_grid + (' ~ start ~ ').l0_grid)' %}
-        {%- set s0_rest = '(p0_rest + (' ~ start ~ ').l0_rest)' %}
-        {%- set s0 = '(p0 + (' ~ start ~ ').l0_grid + (' ~ start ~ ').l0_rest)' %},
-        last_change <= bar_index - {{ window - 1 }} as flat_w{{ window }},
+        {%- set start = 'start_w' ~ window %},
+        since_change >= {{ window - 1 }} as flat_w{{ window }},
         ({{ start }}).first_y as first_w{{ window }},
-        {{ s0 }} as s0_w{{ window }},
+        p0_grid + ({{ start }}).l0_grid as s0_grid_w{{ window }},
+        p0_rest + ({{ start }}).l0_rest as s0_rest_w{{ window }},
         a1 - {{ reg_float(m) }} * p0 + ({{ start }}).l1 as s1_w{{ window }},
-        a2 - {{ reg_float(2 * m) }} * a1 + {{ reg_float(m * m) }} * p0 + ({{ start }}).l2
-        - {{ reg_float(k) }} * {{ s0 }} as s2k_w{{ window }},
-        (
-            ({{ window }}.0 * (pq_grid + ({{ start }}).lq_grid) - {{ s0_grid }} * {{ s0_grid }})
-            + ({{ window }}.0 * (pq_rest + ({{ start }}).lq_rest) - {{ s0_rest }} * (2.0 * {{ s0_grid }} + {{ s0_rest }}))
-        ) * {{ reg_float(1.0 / window) }} as sst_w{{ window }}
+        a2 - {{ reg_float(2 * m) }} * a1 + {{ reg_float(m * m - k) }} * p0 + ({{ start }}).l2 as s2k_w{{ window }},
+        pq_grid + ({{ start }}).lq_grid as sq_grid_w{{ window }},
+        pq_rest + ({{ start }}).lq_rest as sq_rest_w{{ window }}
         {%- endfor %}
     from reg_window_starts
     offset 0
 ),
 
-reg_fits as (
-    -- beta1, beta2: coefficients of u and u^2 - (W^2-1)/12 in the orthogonal basis, and
-    -- sse = sst - beta1^2 Su - beta2^2 Sp (all exactly 0 on a flat window)
+reg_moments as (
+    -- sst = SQ - S0^2 / W with its grid part (W SQ_grid - S0_grid^2) exact in float8: nothing is
+    -- lost to the level of z; beta1, beta2: coefficients of u and u^2 - (W^2-1)/12 in the
+    -- orthogonal basis (0 on a flat window)
     select
         pair,
         ts_utc,
@@ -347,17 +340,46 @@ reg_fits as (
         y
         {%- for window in var('reg_windows') %}
         {%- set su = window * (window * window - 1) / 12.0 %}
-        {%- set sp = window * (window * window - 1) * (window * window - 4) / 180.0 %},
+        {%- set sp = window * (window * window - 1) * (window * window - 4) / 180.0 %}
+        {%- set s0_grid = 's0_grid_w' ~ window %}
+        {%- set s0_rest = 's0_rest_w' ~ window %},
         flat_w{{ window }},
         first_w{{ window }},
-        sst_w{{ window }},
-        ref + s0_w{{ window }} * {{ reg_float(1.0 / window) }} as mean_w{{ window }},
+        s1_w{{ window }},
+        s2k_w{{ window }},
+        ref + ({{ s0_grid }} + {{ s0_rest }}) * {{ reg_float(1.0 / window) }} as mean_w{{ window }},
+        (
+            ({{ window }}.0 * sq_grid_w{{ window }} - {{ s0_grid }} * {{ s0_grid }})
+            + ({{ window }}.0 * sq_rest_w{{ window }} - {{ s0_rest }} * (2.0 * {{ s0_grid }} + {{ s0_rest }}))
+        ) * {{ reg_float(1.0 / window) }} as sst_w{{ window }},
         case when flat_w{{ window }} then 0.0 else s1_w{{ window }} * {{ reg_float(1.0 / su) }} end as beta1_w{{ window }},
-        case when flat_w{{ window }} then 0.0 else s2k_w{{ window }} * {{ reg_float(1.0 / sp) }} end as beta2_w{{ window }},
+        case when flat_w{{ window }} then 0.0 else s2k_w{{ window }} * {{ reg_float(1.0 / sp) }} end as beta2_w{{ window }}
+        {%- endfor %}
+    from reg_window_sums
+    offset 0
+),
+
+reg_fits as (
+    -- sse = sst - beta1^2 Su - beta2^2 Sp = sst - beta1 S1 - beta2 (S2 - (W^2-1)/12 S0), clamped
+    -- at 0 (exactly 0 on a flat window, NULL in the warm-up)
+    select
+        pair,
+        ts_utc,
+        is_new,
+        y
+        {%- for window in var('reg_windows') %},
+        flat_w{{ window }},
+        first_w{{ window }},
+        mean_w{{ window }},
+        sst_w{{ window }},
+        beta1_w{{ window }},
+        beta2_w{{ window }},
         case
             when flat_w{{ window }} then 0.0
-            else sst_w{{ window }} - s1_w{{ window }} * s1_w{{ window }} * {{ reg_float(1.0 / su) }}
-                - s2k_w{{ window }} * s2k_w{{ window }} * {{ reg_float(1.0 / sp) }}
+            when s1_w{{ window }} is null then null
+            else greatest(
+                sst_w{{ window }} - beta1_w{{ window }} * s1_w{{ window }} - beta2_w{{ window }} * s2k_w{{ window }}, 0.0
+            )
         end as sse_w{{ window }}
         {%- endfor %}
     from reg_moments
@@ -365,8 +387,7 @@ reg_fits as (
 ),
 
 reg_values as (
-    -- a = beta2, b = the slope at x = 0, c = the fitted value at x = 0; (sse + |sse|) / 2 clamps
-    -- sse at 0 and keeps NULL in the warm-up (greatest() would turn NULL into 0)
+    -- a = beta2, b = the slope at x = 0, c = the fitted value at x = 0
     select
         pair,
         ts_utc,
@@ -380,9 +401,9 @@ reg_values as (
         + {{ reg_float(m * m - k) }} * beta2_w{{ window }} as reg_c_w{{ window }},
         case
             when not flat_w{{ window }} and sst_w{{ window }} > 0.0
-                then 1.0 - least((sse_w{{ window }} + abs(sse_w{{ window }})) * 0.5, sst_w{{ window }}) / sst_w{{ window }}
+                then 1.0 - least(sse_w{{ window }}, sst_w{{ window }}) / sst_w{{ window }}
         end as reg_r2_w{{ window }},
-        sqrt((sse_w{{ window }} + abs(sse_w{{ window }})) * {{ reg_float(0.5 / window) }}) as reg_rmse_w{{ window }},
+        sqrt(sse_w{{ window }} * {{ reg_float(1.0 / window) }}) as reg_rmse_w{{ window }},
         {%- if endpoint == 'ratio' %}
         y / nullif(first_w{{ window }}, 0.0) - 1.0 as reg_endpoint_w{{ window }}
         {%- else %}
