@@ -11,14 +11,13 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pandas as pd
 import psycopg
 import pytest
 
 from bqx import server
-from bqx.dbt import PROJECT_DIR, run_dbt
+from bqx.dbt import run_dbt
 
 # +05:30 and no daylight saving: month, day and hour boundaries all differ from UTC.
 os.environ["PGTZ"] = "Asia/Kolkata"

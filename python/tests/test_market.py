@@ -7,7 +7,6 @@ column's largest |value| per pair, NULLs exactly.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,10 +15,9 @@ import yaml
 
 from bqx.dbt import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
+from reference import VARS, assert_matches
 
-REL_TOL = 1e-9
 
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
 ROLLING_WINDOWS: list[int] = VARS["rolling_windows"]
 # defaults of the macros until dbt_project.yml declares these vars
 TOD_DAYS: int = VARS.get("volume_tod_days", 5)
@@ -51,23 +49,6 @@ def _aligned(n: int, w: int, per_window: np.ndarray) -> np.ndarray:
     out[w - 1 :] = per_window
     return out
 
-
-def assert_matches(label: str, got: pd.Series | np.ndarray, expected: np.ndarray) -> float:
-    """Same NULLs, values within REL_TOL × the column's largest |expected|; returns the error."""
-    got = pd.to_numeric(pd.Series(got), errors="coerce").to_numpy(dtype=float)
-    expected = np.asarray(expected, dtype=float)
-    differ = np.isnan(got) != np.isnan(expected)
-    assert not differ.any(), (
-        f"{label}: NULL on one side only at rows {np.flatnonzero(differ)[:5]} "
-        f"(sql {got[differ][:3]}, numpy {expected[differ][:3]})"
-    )
-    both = ~np.isnan(expected)
-    if not both.any():
-        return 0.0
-    scale = max(np.abs(expected[both]).max(), 1e-300)
-    error = float(np.abs(got[both] - expected[both]).max() / scale)
-    assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
-    return error
 
 
 # --- references -----------------------------------------------------------------------------

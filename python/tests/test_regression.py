@@ -12,18 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from bqx.dbt import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
+from reference import REL_TOL, VARS, SERIES_WINDOW, DOMAINS
 from test_bqx import longest_flat_run
 
-REL_TOL = 1e-9
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
 WINDOWS: list[int] = VARS["reg_windows"]
-SERIES_WINDOW: int = VARS["bqx_series_window"]
 METRICS = ["a", "b", "c", "r2", "rmse", "endpoint"]
-DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
 
 
 def reg_columns() -> list[str]:

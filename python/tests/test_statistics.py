@@ -15,28 +15,15 @@ import yaml
 
 from bqx.dbt import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
+from reference import VARS, SERIES_WINDOW, DOMAINS, domain_series, assert_matches
 
-REL_TOL = 1e-9
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
 WINDOWS: list[int] = VARS["rolling_windows"]
-SERIES_WINDOW: int = VARS["bqx_series_window"]
 METRICS = ["mean", "std", "skew", "kurt", "min", "max"]
-DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
 
 
 def statistics_columns() -> list[str]:
     return [f"{metric}_w{w}" for w in WINDOWS for metric in METRICS]
 
-
-def domain_series(dsn: str, domain: str) -> pd.DataFrame:
-    """pair, ts_utc, y: the series the domain's model reads, ordered by pair and ts_utc."""
-    if domain == "rate":
-        sql = "select pair, ts_utc, close_idx as y from staging.m1_index order by pair, ts_utc"
-    else:
-        sql = f"select pair, ts_utc, bqx_w{SERIES_WINDOW} as y from features.bqx order by pair, ts_utc"
-    frame = query_frame(dsn, sql)
-    frame["y"] = pd.to_numeric(frame["y"]).astype(float)
-    return frame
 
 
 def statistics_reference(y: np.ndarray, w: int) -> dict[str, np.ndarray]:
@@ -71,21 +58,6 @@ def statistics_reference(y: np.ndarray, w: int) -> dict[str, np.ndarray]:
     out["max"][rows] = values.max(axis=1)
     return out
 
-
-def assert_matches(label: str, got: np.ndarray, expected: np.ndarray) -> float:
-    """Same NULLs; values within REL_TOL × the column's largest |expected| (per pair)."""
-    differ = np.isnan(got) != np.isnan(expected)
-    assert not differ.any(), (
-        f"{label}: NULL on one side only at rows {np.flatnonzero(differ)[:5]} "
-        f"(sql {got[differ][:3]}, numpy {expected[differ][:3]})"
-    )
-    both = ~np.isnan(expected)
-    if not both.any():
-        return 0.0
-    scale = max(np.abs(expected[both]).max(), 1e-300)
-    error = float(np.abs(got[both] - expected[both]).max() / scale)
-    assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
-    return error
 
 
 @pytest.fixture(scope="module", params=list(DOMAINS))

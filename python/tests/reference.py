@@ -1,0 +1,46 @@
+"""What the feature tests share: the project's vars, the series each domain reads, and the
+comparison with an exact reference (same NULLs; values within REL_TOL × the column's largest
+|value|, the contract's precision)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from bqx.dbt import PROJECT_DIR
+from conftest import query_frame
+
+REL_TOL = 1e-9
+VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+SERIES_WINDOW: int = VARS["bqx_series_window"]
+DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
+
+
+def domain_series(dsn: str, domain: str) -> pd.DataFrame:
+    """pair, ts_utc, y: the series the domain's model reads, ordered by pair and ts_utc."""
+    if domain == "rate":
+        sql = "select pair, ts_utc, close_idx as y from staging.m1_index order by pair, ts_utc"
+    else:
+        sql = f"select pair, ts_utc, bqx_w{SERIES_WINDOW} as y from features.bqx order by pair, ts_utc"
+    frame = query_frame(dsn, sql)
+    frame["y"] = pd.to_numeric(frame["y"]).astype(float)
+    return frame
+
+
+def assert_matches(label: str, got: pd.Series | np.ndarray, expected: np.ndarray) -> float:
+    """Same NULLs, values within REL_TOL × the column's largest |expected|; returns the error."""
+    got = pd.to_numeric(pd.Series(got), errors="coerce").to_numpy(dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    differ = np.isnan(got) != np.isnan(expected)
+    assert not differ.any(), (
+        f"{label}: NULL on one side only at rows {np.flatnonzero(differ)[:5]} "
+        f"(sql {got[differ][:3]}, numpy {expected[differ][:3]})"
+    )
+    both = ~np.isnan(expected)
+    if not both.any():
+        return 0.0
+    scale = max(np.abs(expected[both]).max(), 1e-300)
+    error = float(np.abs(got[both] - expected[both]).max() / scale)
+    assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
+    return error
