@@ -6,6 +6,8 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from bqx.pairs import PAIRS
+
 MODEL_SCHEMAS = ("staging", "features", "marts")
 
 
@@ -51,8 +53,10 @@ def coverage(dsn: str) -> pd.DataFrame:
             columns[table] = _counts(conn, schema, table)
     if not columns:
         return pd.DataFrame()
-    frame = pd.DataFrame(columns).fillna(0).astype("int64").sort_index()
-    return frame
+    frame = pd.DataFrame(columns).fillna(0).astype("int64")
+    # pairs in the market's order of precedence (EURGBP … CHFJPY), as the spec lists them
+    rank = {pair: position for position, pair in enumerate(PAIRS)}
+    return frame.sort_index(key=lambda level: level.map(rank) if level.name == "pair" else level)
 
 
 def format_coverage(frame: pd.DataFrame) -> str:
