@@ -81,7 +81,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
     dsn = _ensure_server()
     sqlfluff = Path(sys.executable).with_name("sqlfluff")
-    paths = args.paths or ["models", "analyses", "tests"]
+    paths = args.paths or [f for f in ("models", "analyses", "tests") if (PROJECT_DIR / f).is_dir()]
     return subprocess.run([str(sqlfluff), "lint", *paths], cwd=PROJECT_DIR, env=dbt_env(dsn), check=False).returncode
 
 
