@@ -5,8 +5,7 @@
     Windows count bars of one pair ordered by ts_utc and end at bar t (t included). A window is
     full only when all its W spreads are non-NULL (a missing spread is not skipped: skipping would
     stretch the window over more than W bars); otherwise every column of that window is NULL.
-    float8: each frame is re-aggregated from its W values (PostgreSQL has no inverse transition
-    for float8 sums), so nothing drifts; stddev_samp uses the Youngs–Cramer update.
+    float8 on exact deviations from the current value (see spread_features_sql).
 -#}
 
 {#- Bars read before the first new bar of an incremental run: the longest window. -#}
@@ -27,53 +26,64 @@
 
 
 {#- A select over `source` (pair, ts_utc, spread_bps, is_new) giving pair, ts_utc, is_new and
-    every column of spread_column_names(). -#}
+    every column of spread_column_names().
+
+    float8 on the deviations d_j = spread_bps[t−j] − spread_bps[t] (window_deviation_sums_ctes of
+    macros/features/statistics.sql: one lag per bar back, shared by every window, summed per
+    segment between consecutive windows): O(max W) cheap additions per row, where float8
+    avg/stddev/min/max over moving frames re-aggregate all W values for every row, window and
+    aggregate (~900 steps per row). A NULL spread in the window makes its deviation sum NULL,
+    hence the whole window. Each row depends only on its own W values (no running sum), so an
+    incremental run is bit-identical to a full build. -#}
 {% macro spread_features_sql(source) -%}
-with spread_windows as (
+{%- set windows = var('rolling_windows') | map('int') | list -%}
+with {{ window_deviation_sums_ctes('spread', source, 'spread_bps', windows, 2, with_extremes=true) }},
+
+spread_moments as (
+    -- s = mean − y[t] and the variance about the mean m2 = Σd²/W − s² (divided by W),
+    -- clamped at 0 against rounding (only where the window is full: greatest() ignores NULL)
     select
-        bars.pair,
-        bars.ts_utc,
-        bars.is_new,
-        bars.spread_bps,
-        {%- for w in var('rolling_windows') %}
-        count(bars.spread_bps) over window_{{ w }} as spread_count_w{{ w }},
-        avg(bars.spread_bps) over window_{{ w }} as spread_mean_w{{ w }},
-        stddev_samp(bars.spread_bps) over window_{{ w }} as spread_std_w{{ w }},
-        min(bars.spread_bps) over window_{{ w }} as spread_min_w{{ w }},
-        max(bars.spread_bps) over window_{{ w }} as spread_max_w{{ w }}{{ "," if not loop.last }}
+        spread_sums.pair,
+        spread_sums.ts_utc,
+        spread_sums.is_new,
+        spread_sums.series_value
+        {%- for w in windows %}
+        {%- set shift = 'spread_sums.dev_sum_1_w' ~ w ~ ' / ' ~ w ~ '.0' %},
+        {{ shift }} as shift_w{{ w }},
+        case
+            when spread_sums.dev_sum_1_w{{ w }} is not null
+                then greatest(spread_sums.dev_sum_2_w{{ w }} / {{ w }}.0 - ({{ shift }}) * ({{ shift }}), 0)
+        end as m2_w{{ w }},
+        spread_sums.window_min_w{{ w }},
+        spread_sums.window_max_w{{ w }}
         {%- endfor %}
-    from {{ source }} as bars
-    window
-        {%- for w in var('rolling_windows') %}
-        window_{{ w }} as (
-            partition by bars.pair order by bars.ts_utc
-            rows between {{ w - 1 }} preceding and current row
-        ){{ "," if not loop.last }}
-        {%- endfor %}
+    from spread_sums
+    offset 0
 )
 
 select
-    spread_windows.pair,
-    spread_windows.ts_utc,
-    spread_windows.is_new,
-    {%- for w in var('rolling_windows') %}
-    {%- set full = 'spread_windows.spread_count_w' ~ w ~ ' = ' ~ w %}
-    case when {{ full }} then spread_windows.spread_mean_w{{ w }} end as spread_bps_mean_w{{ w }},
-    {#- a constant window has std 0 exactly (float8 rounding could leave ~1e-17 and a huge z) #}
-    {%- set flat = 'spread_windows.spread_min_w' ~ w ~ ' = spread_windows.spread_max_w' ~ w %}
+    spread_moments.pair,
+    spread_moments.ts_utc,
+    spread_moments.is_new,
+    {%- for w in windows %}
+    {%- set full = 'spread_moments.shift_w' ~ w ~ ' is not null' %}
+    {#- a constant window has std 0 exactly (every deviation is exactly 0) #}
+    {%- set flat = 'spread_moments.window_min_w' ~ w ~ ' = spread_moments.window_max_w' ~ w %}
+    {%- set std = 'sqrt(spread_moments.m2_w' ~ w ~ ' * ' ~ w ~ '.0 / ' ~ (w - 1) ~ '.0)' %}
+    spread_moments.series_value + spread_moments.shift_w{{ w }} as spread_bps_mean_w{{ w }},
     case
         when {{ full }} and {{ flat }} then 0::double precision
-        when {{ full }} then spread_windows.spread_std_w{{ w }}
+        when {{ full }} then {{ std }}
     end as spread_bps_std_w{{ w }},
+    -- (y[t] − mean) / std = −s / std
     case
         when {{ full }} and not {{ flat }}
-            then (spread_windows.spread_bps - spread_windows.spread_mean_w{{ w }})
-            / nullif(spread_windows.spread_std_w{{ w }}, 0)
+            then -spread_moments.shift_w{{ w }} / nullif({{ std }}, 0)
     end as spread_bps_z_w{{ w }},
-    case when {{ full }} then spread_windows.spread_min_w{{ w }} end as spread_bps_min_w{{ w }},
-    case when {{ full }} then spread_windows.spread_max_w{{ w }} end as spread_bps_max_w{{ w }}{{ "," if not loop.last }}
+    case when {{ full }} then spread_moments.window_min_w{{ w }} end as spread_bps_min_w{{ w }},
+    case when {{ full }} then spread_moments.window_max_w{{ w }} end as spread_bps_max_w{{ w }}{{ "," if not loop.last }}
     {%- endfor %}
-from spread_windows
+from spread_moments
 {%- endmacro %}
 
 

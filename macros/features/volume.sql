@@ -33,11 +33,13 @@
 {#- A select over `source` (pair, ts_utc, high_idx, low_idx, close_idx, volume, is_new) giving
     pair, ts_utc, is_new and every column of volume_column_names().
 
-    Every window aggregate slides in O(1) per row: sums of bigint (volume, volume², signed
-    volume) accumulate exactly in 128-bit integers and leave the frame through an inverse
-    transition; the price × volume sum is numeric for the same reason (a float8 sum has no inverse
-    and would be re-added over the whole frame for every row). The final float8 arithmetic starts
-    from those exact sums. -#}
+    Every window sum is total[t] − total[t−W] of running totals over the pair's bars read (one
+    running-sum pass and one lag pass for all windows: O(1) per row; frame aggregates cost one
+    WindowAgg pass per window and, for bigint sums, a numeric result per row and window). Volume
+    sums are float8 sums of integers, exact while the running totals stay below 2^53; the price ×
+    volume total is numeric (exact). Differences of exact totals do not depend on where the read
+    started, so an incremental run equals a full build bit for bit. The final float8 arithmetic
+    starts from those exact sums. -#}
 {% macro volume_features_sql(source) -%}
 {%- set tod_bars = volume_tod_days() * 1440 -%}
 with volume_steps as (
@@ -66,76 +68,121 @@ with volume_steps as (
     window bars_in_order as (partition by bars.pair order by bars.ts_utc)
 ),
 
-volume_windows as (
+volume_running as (
+    -- running totals over the pair's bars read so far: O(1) per row (no frame to re-aggregate).
+    -- float8 sums of integers are exact while they stay below 2^53 (9e15); a window's total is
+    -- the difference of two of them, exact too, and independent of where the read started.
     select
         volume_steps.pair,
         volume_steps.ts_utc,
         volume_steps.is_new,
         volume_steps.close_idx,
-        volume_steps.volume::double precision as volume,
+        volume_steps.volume,
         volume_steps.bar_number,
+        volume_steps.minute_of_day,
+        count(volume_steps.volume) over running_bars as volume_count,
+        count(volume_steps.signed_volume) over running_bars as signed_count,
+        sum(volume_steps.volume::double precision) over running_bars as volume_total,
+        sum(volume_steps.volume_squared::double precision) over running_bars as volume_squared_total,
+        sum(volume_steps.signed_volume::double precision) over running_bars as signed_total,
+        -- numeric: exact, so the difference of two running totals loses nothing to their size
+        sum(volume_steps.typical_volume) over running_bars as price_volume_total
+    from volume_steps
+    window running_bars as (
+        partition by volume_steps.pair order by volume_steps.ts_utc rows unbounded preceding
+    )
+),
+
+volume_windows as (
+    select
+        volume_running.pair,
+        volume_running.ts_utc,
+        volume_running.is_new,
+        volume_running.close_idx,
+        volume_running.volume::double precision as volume,
+        volume_running.bar_number,
         {%- for w in var('rolling_windows') %}
-        count(volume_steps.volume) over window_{{ w }} as volume_count_w{{ w }},
-        count(volume_steps.signed_volume) over window_{{ w }} as signed_count_w{{ w }},
-        -- exact below 2^53 (9e15): far above any window's tick volume
-        sum(volume_steps.volume) over window_{{ w }}::double precision as volume_sum_w{{ w }},
-        sum(volume_steps.signed_volume) over window_{{ w }}::double precision as signed_sum_w{{ w }},
-        -- W · Σv² − (Σv)² in exact integers: W (W − 1) × the sample variance, never negative
-        (
-            {{ w }} * sum(volume_steps.volume_squared) over window_{{ w }}
-            - sum(volume_steps.volume) over window_{{ w }} * sum(volume_steps.volume) over window_{{ w }}
-        )::double precision as volume_spread_w{{ w }},
-        sum(volume_steps.typical_volume) over window_{{ w }}::double precision as price_volume_sum_w{{ w }},
+        {%- set since = ' - coalesce(lag(volume_running.' %}
+        {%- set back = ', ' ~ w ~ ') over bars_in_order, 0)' %}
+        -- Σ over bars t-W+1 .. t = total[t] − total[t−W] (0 before the first bar read: a
+        -- shorter window then counts fewer than W volumes, i.e. warm-up)
+        volume_running.volume_count{{ since }}volume_count{{ back }} as volume_count_w{{ w }},
+        volume_running.signed_count{{ since }}signed_count{{ back }} as signed_count_w{{ w }},
+        volume_running.volume_total{{ since }}volume_total{{ back }} as volume_sum_w{{ w }},
+        volume_running.signed_total{{ since }}signed_total{{ back }} as signed_sum_w{{ w }},
+        volume_running.volume_squared_total{{ since }}volume_squared_total{{ back }} as volume_squared_sum_w{{ w }},
+        (volume_running.price_volume_total{{ since }}price_volume_total{{ back }})::double precision
+            as price_volume_sum_w{{ w }},
         {%- endfor %}
         -- the same UTC minute of day among the previous {{ tod_bars }} bars (bar_number is
         -- the bar's position in the pair, so the range counts bars, not days)
-        avg(volume_steps.volume) over (
-            partition by volume_steps.pair, volume_steps.minute_of_day
-            order by volume_steps.bar_number
+        avg(volume_running.volume) over (
+            partition by volume_running.pair, volume_running.minute_of_day
+            order by volume_running.bar_number
             range between {{ tod_bars }} preceding and 1 preceding
         )::double precision as tod_volume_mean
-    from volume_steps
-    window
-        {%- for w in var('rolling_windows') %}
-        window_{{ w }} as (
-            partition by volume_steps.pair order by volume_steps.ts_utc
-            rows between {{ w - 1 }} preceding and current row
-        ){{ "," if not loop.last }}
+    from volume_running
+    window bars_in_order as (partition by volume_running.pair order by volume_running.ts_utc)
+),
+
+volume_spreads as (
+    -- W · Σv² − (Σv)² (W (W − 1) × the sample variance): exact integers in float8 while Σv
+    -- stays below 2^26 per window, so 0 exactly for a constant volume, never negative
+    select
+        volume_windows.pair,
+        volume_windows.ts_utc,
+        volume_windows.is_new,
+        volume_windows.close_idx,
+        volume_windows.volume,
+        volume_windows.bar_number,
+        volume_windows.tod_volume_mean
+        {%- for w in var('rolling_windows') %},
+        volume_windows.volume_count_w{{ w }},
+        volume_windows.signed_count_w{{ w }},
+        volume_windows.volume_sum_w{{ w }},
+        volume_windows.signed_sum_w{{ w }},
+        volume_windows.price_volume_sum_w{{ w }},
+        greatest(
+            {{ w }} * volume_windows.volume_squared_sum_w{{ w }}
+            - volume_windows.volume_sum_w{{ w }} * volume_windows.volume_sum_w{{ w }},
+            0
+        ) as volume_spread_w{{ w }}
         {%- endfor %}
+    from volume_windows
 )
 
 select
-    volume_windows.pair,
-    volume_windows.ts_utc,
-    volume_windows.is_new,
+    volume_spreads.pair,
+    volume_spreads.ts_utc,
+    volume_spreads.is_new,
     {%- for w in var('rolling_windows') %}
     {#- full window (W volumes) with some volume in it; all-zero windows carry no information #}
-    {%- set has_volume = 'volume_windows.volume_count_w' ~ w ~ ' = ' ~ w
-        ~ ' and volume_windows.volume_sum_w' ~ w ~ ' > 0' %}
-    {%- set total = 'volume_windows.volume_sum_w' ~ w %}
-    {%- set std = 'sqrt(volume_windows.volume_spread_w' ~ w ~ ' / ' ~ w * (w - 1) ~ ')' %}
+    {%- set has_volume = 'volume_spreads.volume_count_w' ~ w ~ ' = ' ~ w
+        ~ ' and volume_spreads.volume_sum_w' ~ w ~ ' > 0' %}
+    {%- set total = 'volume_spreads.volume_sum_w' ~ w %}
+    {%- set std = 'sqrt(volume_spreads.volume_spread_w' ~ w ~ ' / ' ~ w * (w - 1) ~ ')' %}
     case when {{ has_volume }} then {{ total }} / {{ w }} end as volume_mean_w{{ w }},
     case when {{ has_volume }} then {{ std }} end as volume_std_w{{ w }},
     case
         -- (v − Σv/W) / std = (W·v − Σv) / (W · std): W·v − Σv is exact
-        when {{ has_volume }} and volume_windows.volume_spread_w{{ w }} > 0
-            then ({{ w }} * volume_windows.volume - {{ total }}) / ({{ w }} * {{ std }})
+        when {{ has_volume }} and volume_spreads.volume_spread_w{{ w }} > 0
+            then ({{ w }} * volume_spreads.volume - {{ total }}) / ({{ w }} * {{ std }})
     end as volume_z_w{{ w }},
-    case when {{ has_volume }} then {{ w }} * volume_windows.volume / {{ total }} end as volume_ratio_w{{ w }},
+    case when {{ has_volume }} then {{ w }} * volume_spreads.volume / {{ total }} end as volume_ratio_w{{ w }},
     case
-        when volume_windows.signed_count_w{{ w }} = {{ w }} and {{ has_volume }}
-            then volume_windows.signed_sum_w{{ w }} / {{ total }}
+        when volume_spreads.signed_count_w{{ w }} = {{ w }} and {{ has_volume }}
+            then volume_spreads.signed_sum_w{{ w }} / {{ total }}
     end as volume_imbalance_w{{ w }},
     case
         when {{ has_volume }}
-            then volume_windows.close_idx * {{ total }} / volume_windows.price_volume_sum_w{{ w }} - 1
+            then volume_spreads.close_idx * {{ total }} / volume_spreads.price_volume_sum_w{{ w }} - 1
     end as volume_vwap_dev_w{{ w }},
     {%- endfor %}
     case
-        when volume_windows.bar_number > {{ tod_bars }}
-            then volume_windows.volume / nullif(volume_windows.tod_volume_mean, 0)
+        when volume_spreads.bar_number > {{ tod_bars }}
+            then volume_spreads.volume / nullif(volume_spreads.tod_volume_mean, 0)
     end as volume_tod_ratio_d{{ volume_tod_days() }}
-from volume_windows
+from volume_spreads
 {%- endmacro %}
 
 
