@@ -10,7 +10,6 @@ dropped; the database the DSN names is never touched).
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import os
 import platform
@@ -81,39 +80,10 @@ def generate_month(pairs: list[str] | None = None) -> pd.DataFrame:
 
 
 def load_bars(dsn: str, bars: pd.DataFrame) -> None:
-    """Load bars into raw.m1_bars with the project's loader (bqx.load.load_frame); before that
-    loader existed, a direct COPY into the raw schema did the same for a clean frame."""
-    try:
-        from bqx.load import load_frame
-    except ImportError:
-        load_frame = None
-    if load_frame is not None:
-        load_frame(dsn, bars, "bench")
-        return
-    from bqx.raw_schema import ensure_month_partitions, ensure_raw_schema
+    """Load bars into raw.m1_bars with the project's loader."""
+    from bqx.load import load_frame
 
-    columns = ["pair", "ts_utc", "open", "high", "low", "close", "volume", "spread"]
-    frame = bars[columns].copy()
-    frame["pair"] = frame["pair"].astype(str)
-    frame["ts_utc"] = frame["ts_utc"].dt.strftime("%Y-%m-%d %H:%M:%S+00")
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False)  # float repr round-trips exactly
-    with psycopg.connect(dsn) as conn:
-        ensure_raw_schema(conn)
-        ensure_month_partitions(conn, sorted(_months_between(bars)))
-        with conn.cursor().copy(f"copy raw.m1_bars ({', '.join(columns)}) from stdin (format csv)") as copy:
-            copy.write(buffer.getvalue())
-        conn.execute("analyze raw.m1_bars")
-
-
-def _months_between(bars: pd.DataFrame) -> set[dt.date]:
-    ts = bars["ts_utc"]
-    first, last = ts.min(), ts.max()
-    months, month = set(), dt.date(first.year, first.month, 1)
-    while month <= dt.date(last.year, last.month, 1):
-        months.add(month)
-        month = dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
-    return months
+    load_frame(dsn, bars, "bench")
 
 
 def server_version(dsn: str) -> str:
