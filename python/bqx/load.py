@@ -51,6 +51,7 @@ Loading (one transaction per file: a file is loaded whole or not at all)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gzip
 import io
 import json
@@ -410,6 +411,21 @@ class _Rows:
 # with a Python scalar) import pandas, which costs half a second at start-up.
 
 
+def _cell_text(columns: dict[str, pa.ChunkedArray], pair: str | None, column: str, i: int) -> str | None:
+    """A column's value at row i as written (for a reject's detail); `pair` when the file's
+    pair comes from its name or --pair."""
+    if column == "pair" and "pair" not in columns:
+        return pair
+    if column not in columns:
+        return None
+    value = columns[column][i].as_py()
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _combined(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
@@ -734,16 +750,6 @@ def _parse_text(source: _Source, data: bytes) -> _Rows:
         pair_code = _pair_codes(columns["pair"]) if "pair" in columns else np.full(n, PAIRS.index(pair or ""), np.int16)
     values, field_bad = _numeric_columns(columns, n)
 
-    def text(column: str, i: int) -> str | None:
-        if column == "pair" and "pair" not in columns:
-            return pair
-        if column not in columns:
-            return None
-        value = columns[column][i].as_py()
-        if value is None or isinstance(value, str):
-            return value
-        return repr(value) if isinstance(value, float) else str(value)
-
     rows = _Rows(
         line=line_no,
         pair_code=pair_code,
@@ -751,7 +757,7 @@ def _parse_text(source: _Source, data: bytes) -> _Rows:
         ts_bad=ts_bad,
         values=values,
         field_bad=field_bad,
-        text=text,
+        text=functools.partial(_cell_text, columns, pair),
         raw_text=lambda i: lines.get(int(line_no[i])),
         early_rejects=early,
         notes=notes,
@@ -832,18 +838,6 @@ def _parse_table(name: str, table: pa.Table, pair: str | None, fmt: str, only_pa
     pair_code = _pair_codes(columns["pair"]) if "pair" in columns else np.full(n, PAIRS.index(pair or ""), np.int16)
     values, field_bad = _numeric_columns(columns, n)
 
-    def text(column: str, i: int) -> str | None:
-        if column == "pair" and "pair" not in columns:
-            return pair
-        if column not in columns:
-            return None
-        value = columns[column][i].as_py()
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, float):
-            return repr(value)
-        return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
     def raw_text(i: int) -> str:
         row = {c: _json_value(table[c][i].as_py()) for c in table.column_names}
         return json.dumps(row, allow_nan=False)
@@ -855,7 +849,7 @@ def _parse_table(name: str, table: pa.Table, pair: str | None, fmt: str, only_pa
         ts_bad=ts_bad,
         values=values,
         field_bad=field_bad,
-        text=text,
+        text=functools.partial(_cell_text, columns, pair),
         raw_text=raw_text,
         early_rejects=[],
         notes=notes,

@@ -28,6 +28,16 @@ def domain_series(dsn: str, domain: str) -> pd.DataFrame:
     return frame
 
 
+def model_with_series(dsn: str, model: str, domain: str, columns: list[str]) -> pd.DataFrame:
+    """A feature model's rows joined to the series y its domain reads (one row per bar)."""
+    rows = query_frame(dsn, f"select * from features.{model} order by pair, ts_utc")
+    merged = domain_series(dsn, domain).merge(rows, on=["pair", "ts_utc"], how="outer", validate="one_to_one")
+    assert len(merged) == len(rows), "the model has one row per bar of its input"
+    for column in columns:
+        merged[column] = pd.to_numeric(merged[column]).astype(float)
+    return merged
+
+
 def assert_matches(label: str, got: pd.Series | np.ndarray, expected: np.ndarray) -> float:
     """Same NULLs, values within REL_TOL × the column's largest |expected|; returns the error."""
     got = pd.to_numeric(pd.Series(got), errors="coerce").to_numpy(dtype=float)

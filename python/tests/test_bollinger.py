@@ -17,7 +17,7 @@ import yaml
 
 from bqx.dbt import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
-from reference import VARS, SERIES_WINDOW, DOMAINS, domain_series, assert_matches
+from reference import VARS, SERIES_WINDOW, DOMAINS, domain_series, assert_matches, model_with_series
 
 WINDOWS: list[int] = VARS["bollinger_windows"]
 K: float = float(VARS["bollinger_k"])
@@ -64,12 +64,7 @@ def bollinger_reference(y: np.ndarray, w: int, domain: str) -> dict[str, np.ndar
 def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataFrame]:
     """(domain, the model's rows joined to its input series y)."""
     domain = request.param
-    model = query_frame(wave1_dsn, f"select * from features.bollinger_{domain} order by pair, ts_utc")
-    merged = domain_series(wave1_dsn, domain).merge(model, on=["pair", "ts_utc"], how="outer", validate="one_to_one")
-    assert len(merged) == len(model), "the model has one row per bar of its input"
-    for column in bollinger_columns():
-        merged[column] = pd.to_numeric(merged[column]).astype(float)
-    return domain, merged
+    return domain, model_with_series(wave1_dsn, f"bollinger_{domain}", domain, bollinger_columns())
 
 
 def test_every_window_matches_numpy(built: tuple[str, pd.DataFrame]) -> None:
