@@ -72,3 +72,17 @@ where built.last_built_ts is not null
         '{{ pair }}'{{ ", " if not loop.last }}
     {%- endfor -%}
 {%- endmacro %}
+
+
+{#- What every feature model emits: pair, ts_utc and its feature columns (explicit, from the
+    family's column-name macro) of the rows incremental_rows flagged new. -#}
+{% macro new_feature_rows(relation, column_names) -%}
+select
+    {{ relation }}.pair,
+    {{ relation }}.ts_utc,
+    {%- for column in column_names %}
+    {{ relation }}.{{ column }}{{ "," if not loop.last }}
+    {%- endfor %}
+from {{ relation }}
+where {{ relation }}.is_new
+{%- endmacro %}

@@ -10,11 +10,4 @@ with source_rows as (
 
 {{ bollinger_ctes('source_rows', series, width_relative_to_mid=false) }}
 
-select
-    bollinger_bands.pair,
-    bollinger_bands.ts_utc,
-    {% for column in bollinger_column_names() -%}
-        bollinger_bands.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from bollinger_bands
-where bollinger_bands.is_new
+{{ new_feature_rows('bollinger_bands', bollinger_column_names()) }}

@@ -8,11 +8,4 @@ with source_rows as (
 
 {{ bqx_ctes('source_rows', 'close_idx') }}
 
-select
-    bqx_values.pair,
-    bqx_values.ts_utc,
-    {% for column in bqx_column_names() -%}
-        bqx_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from bqx_values
-where bqx_values.is_new
+{{ new_feature_rows('bqx_values', bqx_column_names()) }}

@@ -12,11 +12,4 @@ data_quality_values as (
     {{ data_quality_features_sql('source_rows', built=this if is_incremental() else none) }}
 )
 
-select
-    data_quality_values.pair,
-    data_quality_values.ts_utc,
-    {% for column in data_quality_column_names() -%}
-        data_quality_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from data_quality_values
-where data_quality_values.is_new
+{{ new_feature_rows('data_quality_values', data_quality_column_names()) }}

@@ -12,11 +12,4 @@ spread_values as (
     {{ spread_features_sql('source_rows') }}
 )
 
-select
-    spread_values.pair,
-    spread_values.ts_utc,
-    {% for column in spread_column_names() -%}
-        spread_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from spread_values
-where spread_values.is_new
+{{ new_feature_rows('spread_values', spread_column_names()) }}

@@ -9,11 +9,4 @@ time_values as (
     {{ time_features_sql('source_rows') }}
 )
 
-select
-    time_values.pair,
-    time_values.ts_utc,
-    {% for column in time_column_names() -%}
-        time_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from time_values
-where time_values.is_new
+{{ new_feature_rows('time_values', time_column_names()) }}

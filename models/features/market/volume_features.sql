@@ -12,11 +12,4 @@ volume_values as (
     {{ volume_features_sql('source_rows') }}
 )
 
-select
-    volume_values.pair,
-    volume_values.ts_utc,
-    {% for column in volume_column_names() -%}
-        volume_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from volume_values
-where volume_values.is_new
+{{ new_feature_rows('volume_values', volume_column_names()) }}

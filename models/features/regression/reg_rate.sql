@@ -10,11 +10,4 @@ with source_rows as (
 
 {{ reg_ctes('source_rows', 'close_idx', endpoint='ratio', reference='block') }}
 
-select
-    reg_values.pair,
-    reg_values.ts_utc,
-    {% for column in reg_column_names() -%}
-        reg_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from reg_values
-where reg_values.is_new
+{{ new_feature_rows('reg_values', reg_column_names()) }}

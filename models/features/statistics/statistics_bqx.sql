@@ -9,11 +9,4 @@ with source_rows as (
 
 {{ statistics_ctes('source_rows', series) }}
 
-select
-    statistics_values.pair,
-    statistics_values.ts_utc,
-    {% for column in statistics_column_names() -%}
-        statistics_values.{{ column }}{% if not loop.last %},{% endif %}
-    {% endfor %}
-from statistics_values
-where statistics_values.is_new
+{{ new_feature_rows('statistics_values', statistics_column_names()) }}

@@ -12,9 +12,4 @@ with source_rows as (
 
 {{ technical_indicators('source_rows', high='high_idx', low='low_idx', close='close_idx') }}
 
-select
-    technical_values.pair,
-    technical_values.ts_utc,
-    {{ 'technical_values.' ~ technical_column_names() | join(', technical_values.') }}
-from technical_values
-where technical_values.is_new
+{{ new_feature_rows('technical_values', technical_column_names()) }}
