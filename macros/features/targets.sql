@@ -23,64 +23,87 @@
 {#- A select over `source` (pair, ts_utc, close_idx) giving pair, ts_utc and every column of
     target_column_names().
 
-    float8 on forward deviations, in two steps of lead() (each row's value depends only on its own
-    H + 1 closes, no running sum, so an incremental run is bit-identical to a full build):
-    with B = gcd of the horizons,
-      block[s] = Σ_{j=0}^{B−1} (close[s+j] − close[s])                       (B − 1 leads)
-      Σ_{j=1}^{H} (close[t+j] − close[t])
-        = Σ_{k<H/B} (block[t+1+kB] + B · (close[t+1+kB] − close[t]))         (2 leads per block)
-    i.e. B − 1 + 2 max(H)/B lead() calls per row (22 for 15 .. 60) where a float8 avg() over a
-    moving frame re-adds its H values for every row and horizon (no inverse transition for
-    float8). Every difference is of nearby closes, exact (Sterbenz) and on the target's own
-    scale, so nothing cancels against the price level. A missing or NULL close among the H bars
-    after t makes a block, hence the target, NULL. -#}
+    Σ_{j=1}^{H} (close[t+j] − close[t]) from running sums differenced with lead(): O(1) per row
+    (one running-frame WindowAgg, then one lead per part and horizon), where float8 avg() over
+    a moving frame re-adds its H values for every row and horizon (float8 has no inverse
+    transition). A plain float8 running sum of closes would carry a rounding error proportional
+    to the pair's whole history (Σ close ≈ 100 × bars) into every difference, so each close is
+    split EXACTLY into integers (held in float8) of 16 + 18 + 18 bits:
+      whole  = floor(close · 2^16)
+      middle = floor((close · 2^16 − whole) · 2^18)
+      low    = ((close · 2^16 − whole) · 2^18 − middle) · 2^18
+    close = whole / 2^16 + middle / 2^34 + low / 2^52 exactly when close ≥ 1 (its last bit is
+    then ≥ 2^-52; close_idx is 100 at the baseline). Running sums of integers are exact while
+    below 2^53: a pair's Σ whole passes 2^53 only after 2^37 / close bars (1.3e9 at 100). So
+    ΔS − H·part[t] is an exact integer for each part, and
+      Σ (close[t+j] − close[t]) = Σ_part (ΔS_part − H · part[t]) / 2^shift
+    rounds only in the final additions: nothing cancels against the price level, each target
+    depends only on its own H + 1 closes (an incremental run, which starts its running sums
+    later, is bit-identical to a full build, and changing bar s changes exactly the targets at
+    s − H .. s). A pair with fewer than H bars after t has no lead: the target is NULL
+    (close_idx is NOT NULL in m1_index). -#}
 {% macro targets_sql(source) -%}
 {%- set horizons = var('target_horizons') | map('int') | unique | sort | list -%}
-{%- set ns = namespace(block=0) -%}
-{%- for h in horizons -%}
-    {#- Euclid's gcd (no loops with break in Jinja: at most `h` steps, ample) -#}
-    {%- set g = namespace(a=ns.block, b=h) -%}
-    {%- for _ in range(64) if g.b != 0 -%}
-        {%- set r = g.a % g.b -%}
-        {%- set g.a = g.b -%}
-        {%- set g.b = r -%}
-    {%- endfor -%}
-    {%- set ns.block = g.a -%}
-{%- endfor -%}
-{%- set block = ns.block -%}
-{%- set blocks = (horizons | last) // block -%}
+{#- close = whole / 2^16 + middle / 2^34 + low / 2^52: a part's shift is its bits so far -#}
+{%- set whole_bits, fraction_bits = 16, 18 -%}
+{%- set parts = [
+    {'name': 'whole', 'shift': whole_bits},
+    {'name': 'middle', 'shift': whole_bits + fraction_bits},
+    {'name': 'low', 'shift': whole_bits + 2 * fraction_bits},
+] -%}
 select
-    target_blocks.pair,
-    target_blocks.ts_utc,
+    target_sums.pair,
+    target_sums.ts_utc,
     {%- for h in horizons %}
-    ({% for k in range(h // block) -%}
-    target_blocks.future_block_{{ k }}{{ " + " if not loop.last }}
-    {%- endfor %}) / {{ h }}.0 / target_blocks.close_idx as target_bqx_h{{ h }}{{ "," if not loop.last }}
+    (
+        {%- for part in parts %}
+        (
+            lead(target_sums.{{ part.name }}_sum, {{ h }}) over bars_in_order
+            - target_sums.{{ part.name }}_sum - {{ h }} * target_sums.close_{{ part.name }}
+        ) / {{ 2 ** part.shift }}.0{{ " +" if not loop.last }}
+        {%- endfor %}
+    ) / {{ h }}.0 / target_sums.close_idx as target_bqx_h{{ h }}{{ "," if not loop.last }}
     {%- endfor %}
 from (
-    -- block k of the future (bars t+1+kB .. t+(k+1)B): Σ (close − close[t])
+    -- running sums of the parts, per pair from its first row read
     select
-        target_block_sums.pair,
-        target_block_sums.ts_utc,
-        target_block_sums.close_idx
-        {%- for k in range(blocks) %},
-        lead(target_block_sums.block_sum, {{ 1 + k * block }}) over bars_in_order
-        + {{ block }} * (lead(target_block_sums.close_idx, {{ 1 + k * block }}) over bars_in_order - target_block_sums.close_idx)
-            as future_block_{{ k }}
+        target_parts.pair,
+        target_parts.ts_utc,
+        target_parts.close_idx
+        {%- for part in parts %},
+        target_parts.close_{{ part.name }},
+        sum(target_parts.close_{{ part.name }}) over running_bars as {{ part.name }}_sum
         {%- endfor %}
     from (
-        -- Σ_{j=0}^{B−1} (close[s+j] − close[s]) over the B bars starting at this one
         select
-            target_leads.pair,
-            target_leads.ts_utc,
-            target_leads.close_idx,
-            target_leads.close_idx - target_leads.close_idx
-            {%- for j in range(1, block) %}
-            + (lead(target_leads.close_idx, {{ j }}) over bars_in_order - target_leads.close_idx)
-            {%- endfor %} as block_sum
-        from {{ source }} as target_leads
-        window bars_in_order as (partition by target_leads.pair order by target_leads.ts_utc)
-    ) as target_block_sums
-    window bars_in_order as (partition by target_block_sums.pair order by target_block_sums.ts_utc)
-) as target_blocks
+            scaled_closes.pair,
+            scaled_closes.ts_utc,
+            scaled_closes.close_idx,
+            scaled_closes.close_whole,
+            floor(scaled_closes.fraction * {{ 2 ** fraction_bits }}) as close_middle,
+            (scaled_closes.fraction * {{ 2 ** fraction_bits }} - floor(scaled_closes.fraction * {{ 2 ** fraction_bits }}))
+            * {{ 2 ** fraction_bits }} as close_low
+        from (
+            select
+                whole_closes.pair,
+                whole_closes.ts_utc,
+                whole_closes.close_idx,
+                whole_closes.close_whole,
+                whole_closes.close_idx * {{ 2 ** whole_bits }} - whole_closes.close_whole as fraction
+            from (
+                select
+                    target_closes.pair,
+                    target_closes.ts_utc,
+                    target_closes.close_idx,
+                    floor(target_closes.close_idx * {{ 2 ** whole_bits }}) as close_whole
+                from {{ source }} as target_closes
+                offset 0
+            ) as whole_closes
+        ) as scaled_closes
+    ) as target_parts
+    window running_bars as (
+        partition by target_parts.pair order by target_parts.ts_utc rows unbounded preceding
+    )
+) as target_sums
+window bars_in_order as (partition by target_sums.pair order by target_sums.ts_utc)
 {%- endmacro %}

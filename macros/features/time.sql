@@ -39,14 +39,13 @@
 {%- endmacro %}
 
 
-{#- A select over `source` (pair, ts_utc, is_new) giving pair, ts_utc, is_new and every column
-    of time_column_names(). -#}
+{#- A select over `source` (ts_utc, one row per minute) giving ts_utc and every column of
+    time_column_names(): the calendar of those minutes. The features depend on ts_utc only, so
+    the model computes them once per minute, not once per pair and minute (see time_features). -#}
 {% macro time_features_sql(source) -%}
 with bar_clocks as (
     select
-        bars.pair,
         bars.ts_utc,
-        bars.is_new,
         bars.ts_utc at time zone 'UTC' as utc_time,
         {%- for session in market_sessions() %}
         bars.ts_utc at time zone '{{ session.zone }}' as {{ session.city }}_time{{ "," if not loop.last }}
@@ -59,9 +58,7 @@ with bar_clocks as (
 
 bar_calendars as (
     select
-        bar_clocks.pair,
         bar_clocks.ts_utc,
-        bar_clocks.is_new,
         extract(hour from bar_clocks.utc_time)::integer as hour,
         (extract(hour from bar_clocks.utc_time) * 60 + extract(minute from bar_clocks.utc_time))::integer
             as minute_of_day,
@@ -84,9 +81,7 @@ bar_calendars as (
 )
 
 select
-    bar_calendars.pair,
     bar_calendars.ts_utc,
-    bar_calendars.is_new,
     bar_calendars.hour,
     bar_calendars.minute_of_day,
     bar_calendars.day_of_week,
