@@ -22,9 +22,9 @@ time_values as (
         source_rows.pair,
         source_rows.ts_utc,
         source_rows.is_new,
-        {%- for column in time_column_names() %}
-        minute_calendar.{{ column }}{{ "," if not loop.last }}
-        {%- endfor %}
+        {% for column in time_column_names() -%}
+            minute_calendar.{{ column }}{% if not loop.last %},{% endif %}
+        {% endfor %}
     from source_rows
     inner join minute_calendar on source_rows.ts_utc = minute_calendar.ts_utc
 )
