@@ -4,12 +4,14 @@ comparison with an exact reference (same NULLs; values within REL_TOL × the col
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import yaml
 
 from bqx.dbt import PROJECT_DIR
-from conftest import query_frame
+from conftest import FIXTURE_PAIRS, query_frame
 
 REL_TOL = 1e-9
 VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
@@ -54,3 +56,54 @@ def assert_matches(label: str, got: pd.Series | np.ndarray, expected: np.ndarray
     error = float(np.abs(got[both] - expected[both]).max() / scale)
     assert error <= REL_TOL, f"{label}: max error {error:.3g} of the column's largest |value|"
     return error
+
+
+def assert_windows_match(
+    label: str,
+    merged: pd.DataFrame,
+    windows: list[int],
+    metrics: list[str],
+    reference: Callable[[np.ndarray, int], dict[str, np.ndarray]],
+) -> dict[str, float]:
+    """Every `<metric>_w<W>` column of every fixture pair against reference(y, W)[metric];
+    returns the worst error per metric."""
+    worst: dict[str, float] = {}
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        assert len(rows) > max(windows) + SERIES_WINDOW, pair
+        y = rows["y"].to_numpy()
+        for w in windows:
+            expected = reference(y, w)
+            for metric in metrics:
+                column = f"{metric}_w{w}"
+                error = assert_matches(f"{label}.{column} {pair}", rows[column].to_numpy(), expected[metric])
+                worst[metric] = max(worst.get(metric, 0.0), error)
+    return worst
+
+
+def assert_warm_up_then_values(
+    domain: str, merged: pd.DataFrame, windows: list[int], metrics: list[str], null_when_zero: dict[str, str]
+) -> None:
+    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W - 1);
+    after it a metric may be NULL only where its `null_when_zero` column is exactly 0."""
+    for pair in FIXTURE_PAIRS:
+        rows = merged[merged["pair"] == pair]
+        for w in windows:
+            warmup = DOMAINS[domain] + w - 1
+            for metric in metrics:
+                values = rows[f"{metric}_w{w}"].to_numpy()
+                assert np.isnan(values[:warmup]).all(), f"{domain} {pair} {metric}_w{w}: value in the warm-up"
+                after = np.isnan(values[warmup:])
+                if metric in null_when_zero:
+                    flat = rows[f"{null_when_zero[metric]}_w{w}"].to_numpy()[warmup:] == 0
+                    assert not (after & ~flat).any(), f"{domain} {pair} {metric}_w{w}: NULL on a non-flat window"
+                else:
+                    assert not after.any(), f"{domain} {pair} {metric}_w{w}: NULL after the warm-up"
+
+
+def flat_windows(y: np.ndarray, w: int) -> np.ndarray:
+    """Rows whose W values ending there are all equal and non-NULL."""
+    flat = np.zeros(len(y), dtype=bool)
+    windows = np.lib.stride_tricks.sliding_window_view(y, w)
+    flat[w - 1 :] = (windows.max(axis=1) == windows.min(axis=1)) & ~np.isnan(windows).any(axis=1)
+    return flat

@@ -17,7 +17,16 @@ import yaml
 
 from bqx.dbt import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
-from reference import VARS, SERIES_WINDOW, DOMAINS, domain_series, assert_matches, model_with_series
+from reference import (
+    DOMAINS,
+    VARS,
+    assert_matches,
+    assert_warm_up_then_values,
+    assert_windows_match,
+    domain_series,
+    flat_windows,
+    model_with_series,
+)
 
 WINDOWS: list[int] = VARS["bollinger_windows"]
 K: float = float(VARS["bollinger_k"])
@@ -69,17 +78,7 @@ def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataF
 
 def test_every_window_matches_numpy(built: tuple[str, pd.DataFrame]) -> None:
     domain, merged = built
-    worst: dict[str, float] = {}
-    for pair in FIXTURE_PAIRS:
-        rows = merged[merged["pair"] == pair]
-        assert len(rows) > max(WINDOWS) + SERIES_WINDOW, pair
-        y = rows["y"].to_numpy()
-        for w in WINDOWS:
-            reference = bollinger_reference(y, w, domain)
-            for metric in METRICS:
-                column = f"{metric}_w{w}"
-                error = assert_matches(f"bollinger_{domain}.{column} {pair}", rows[column].to_numpy(), reference[metric])
-                worst[metric] = max(worst.get(metric, 0.0), error)
+    worst = assert_windows_match(f"bollinger_{domain}", merged, WINDOWS, METRICS, lambda y, w: bollinger_reference(y, w, domain))
     print(f"bollinger_{domain}: max error / column max per metric {worst}")
 
 
@@ -104,19 +103,7 @@ def test_warm_up_is_null_then_values(built: tuple[str, pd.DataFrame]) -> None:
     """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W - 1);
     after it only pctb may be NULL, and only on flat windows (width exactly 0)."""
     domain, merged = built
-    for pair in FIXTURE_PAIRS:
-        rows = merged[merged["pair"] == pair]
-        for w in WINDOWS:
-            warmup = DOMAINS[domain] + w - 1
-            for metric in METRICS:
-                values = rows[f"{metric}_w{w}"].to_numpy()
-                assert np.isnan(values[:warmup]).all(), f"{domain} {pair} {metric}_w{w}: value in the warm-up"
-                after = np.isnan(values[warmup:])
-                if metric == "bb_pctb":
-                    flat = rows[f"bb_width_w{w}"].to_numpy()[warmup:] == 0
-                    assert not (after & ~flat).any(), f"{domain} {pair} {metric}_w{w}: NULL on a non-flat window"
-                else:
-                    assert not after.any(), f"{domain} {pair} {metric}_w{w}: NULL after the warm-up"
+    assert_warm_up_then_values(domain, merged, WINDOWS, METRICS, null_when_zero={"bb_pctb": "bb_width"})
 
 
 def test_flat_stretch_collapses_the_bands(built: tuple[str, pd.DataFrame]) -> None:
@@ -125,9 +112,7 @@ def test_flat_stretch_collapses_the_bands(built: tuple[str, pd.DataFrame]) -> No
     rows = merged[merged["pair"] == FLAT_PAIR]
     y = rows["y"].to_numpy()
     for w in WINDOWS:
-        flat = np.zeros(len(y), dtype=bool)
-        windows = np.lib.stride_tricks.sliding_window_view(y, w)
-        flat[w - 1 :] = (windows.max(axis=1) == windows.min(axis=1)) & ~np.isnan(windows).any(axis=1)
+        flat = flat_windows(y, w)
         assert flat.sum() >= FLAT_BARS - DOMAINS[domain] - w + 1, f"{domain} w{w}: flat windows missing"
         flat_rows = rows[flat]
         assert (flat_rows[f"bb_width_w{w}"] == 0).all()
