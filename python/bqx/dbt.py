@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bqx.project import PROJECT_DIR
 from bqx.server import dsn_parts
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def profiles_dir(project_dir: Path = PROJECT_DIR) -> Path:
