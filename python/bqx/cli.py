@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bqx import server
+from bqx.bar_formats import FORMATS
 from bqx.dbt import PROJECT_DIR, run_dbt
 
 
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
     gen.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (UTC)")
     gen.add_argument("--pairs", nargs="+", default=None, help="subset of pairs (default: all 28)")
-    gen.add_argument("--format", default="csv", choices=["csv", "parquet", "histdata"])
+    gen.add_argument("--format", default="csv", choices=FORMATS)
     gen.add_argument("--seed", type=int, default=20240701)
     gen.add_argument("--out", required=True, help="output folder")
     gen.set_defaults(func=cmd_generate)
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     load = sub.add_parser("load", help="load bar files into raw.m1_bars")
     load.add_argument("paths", nargs="+", help="files or folders")
     load.add_argument("--pair", default=None, help="pair of histdata files whose name does not say it")
-    load.add_argument("--format", default=None, choices=["csv", "histdata", "parquet"])
+    load.add_argument("--format", default=None, choices=FORMATS)
     load.set_defaults(func=cmd_load)
 
     build = sub.add_parser("build", help="dbt build --select tag:wave1 [extra dbt arguments]")
