@@ -271,14 +271,14 @@ def test_a_file_is_loaded_whole_or_not_at_all(dsn: str, tmp_path: Path, monkeypa
     good = write_csv(tmp_path / "a_good.csv", good_lines(5))
     bad_row = "XAUUSD,2024-07-01T00:00:00Z,1,1,1,1,1,"
     broken = write_csv(tmp_path / "b_broken.csv", good_lines(5, pair="GBPUSD") + [bad_row])
-    real = loader._write_rejects
+    real = loader.write.write_rejects
 
     def failing(conn: psycopg.Connection, records: list[tuple]) -> None:
         if records:
             raise RuntimeError("simulated crash after the bars were written")
         real(conn, records)
 
-    monkeypatch.setattr(loader, "_write_rejects", failing)
+    monkeypatch.setattr(loader.write, "write_rejects", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         load_paths(dsn, [good, broken], progress=False)
     assert fetch(dsn, "select distinct pair from raw.m1_bars") == [("EURUSD",)]
