@@ -39,8 +39,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bqx import pgcopy  # noqa: E402
 from common import PROJECT_DIR, BenchDatabase, bench_database, record  # noqa: E402
+
+from bqx import pgcopy  # noqa: E402
 
 VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
 ROLLING_WINDOWS: list[int] = VARS["rolling_windows"]

@@ -24,9 +24,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bqx import pgcopy  # noqa: E402
 from common import PROJECT_DIR, BenchDatabase, bench_database, best_of, record  # noqa: E402
 from reg_numpy import column_names, reg_polyfit_loop, reg_vectorised  # noqa: E402
+
+from bqx import pgcopy  # noqa: E402
 
 WINDOWS: list[int] = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["reg_windows"]
 POLYFIT_SAMPLE_ROWS = 1000

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import psycopg
 import talib
-from bqx import pgcopy
 from common import BenchDatabase, bench_database, record
+
+from bqx import pgcopy
 
 REPEAT = 3
 COLUMNS = [
