@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable
 
 import numpy as np
 import psycopg
 import pytest
+
 from bqx import pgcopy
 
 UTC = dt.UTC
@@ -18,11 +18,6 @@ create table copied (
     id bigint, x double precision, n integer, flag boolean, ts timestamptz, label text, source text
 )
 """
-
-
-@pytest.fixture(scope="module")
-def dsn(database_factory: Callable[[str], str]) -> str:
-    return database_factory("pgcopy")
 
 
 def sample(n: int = 1000, seed: int = 3) -> dict[str, np.ndarray]:

@@ -29,11 +29,11 @@ import pyarrow as pa
 
 from bqx.bar_formats import FORMATS
 from bqx.load import write
-from bqx.load.errors import LoadError
+from bqx.load.errors import FileSkipped, LoadError
 from bqx.load.parse import ParsedRows, parse_source, parse_table
-from bqx.load.rules import REASONS, check_rows, reject_records
-from bqx.load.sources import BarSource, find_sources, normalise_pair
-from bqx.load.summary import FileSummary, LoadSummary, by_reason, format_summary
+from bqx.load.rules import REASONS, PlausibleRanges, check_rows, reject_records
+from bqx.load.sources import BarSource, SkippedFile, find_sources, normalise_pair
+from bqx.load.summary import FileSummary, LoadSummary, by_reason, format_summary, printable
 from bqx.raw_schema import ensure_raw_schema
 
 if TYPE_CHECKING:  # pandas is imported only where needed: it costs half a second at start-up
@@ -42,63 +42,92 @@ if TYPE_CHECKING:  # pandas is imported only where needed: it costs half a secon
 __all__ = [
     "FORMATS",
     "REASONS",
+    "FileSkipped",
     "FileSummary",
     "LoadError",
     "LoadSummary",
+    "PlausibleRanges",
+    "SkippedFile",
     "format_summary",
     "load_frame",
     "load_paths",
+    "printable",
 ]
 
+# what parsing a file of unexpected content can raise besides FileSkipped: that file is skipped
+# with the error's first line (arrow and pandas describe the structure, not the data)
+UNPARSEABLE = (pa.ArrowException, ValueError, UnicodeError, OverflowError)
 
-def load_parsed(conn: psycopg.Connection, rows: ParsedRows, source_name: str, fmt: str, started: float) -> FileSummary:
+
+def load_parsed(
+    conn: psycopg.Connection, rows: ParsedRows, source_name: str, fmt: str, started: float, ranges: PlausibleRanges
+) -> FileSummary:
     """Check a file's rows and write them, its rejects and its log row in one transaction."""
     started_at = dt.datetime.now(dt.UTC)
-    checked = check_rows(rows)
-    records = reject_records(source_name, rows, checked, fmt)
+    checked = check_rows(rows, ranges)
+    records = reject_records(source_name, rows, checked, fmt, ranges)
     rows_read = rows.n + len(rows.unsplit_lines) + rows.rows_of_other_pairs
     written = write.write_file(conn, rows, checked, records, source_name, fmt, rows_read, started_at)
     return FileSummary(
         file=source_name,
         format=fmt,
         rows_read=rows_read,
-        rows_loaded=written.new,
-        rows_replaced=written.replaced,
-        rows_unchanged=written.unchanged,
+        rows_loaded=written.bars.new,
+        rows_replaced=written.bars.replaced,
+        rows_unchanged=written.bars.unchanged,
         rows_rejected=len(records),
         rows_skipped=rows.rows_of_other_pairs,
         rejected_by_reason=by_reason(Counter(r[5] for r in records)),
+        rejects_recorded=written.rejects_recorded,
         seconds=time.perf_counter() - started,
         notes=rows.notes,
     )
 
 
+def parse_reason(err: Exception) -> str:
+    """One line saying why a file could not be parsed."""
+    if isinstance(err, FileSkipped):
+        return str(err)
+    return f"cannot be parsed: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
 def load_paths(
     dsn: str,
-    paths: Sequence[Path],
+    paths: Sequence[Path | str],
     fmt: str | None = None,
     pair: str | None = None,
     *,
+    ranges: PlausibleRanges | None = None,
+    follow_symlinks: bool = False,
     progress: bool | None = None,
 ) -> LoadSummary:
-    """Load files and directories of bars into raw.m1_bars (see the module docstring).
+    """Load files and folders of bars into raw.m1_bars (see the module docstring).
 
-    Every file's format and pair are worked out before anything is written (an error names the
-    file); then each file is loaded in its own transaction. `progress` shows a tqdm bar over the
-    files (default: when there are several).
+    Each file loads in its own transaction. A path or file that cannot be loaded (missing,
+    unreadable, a symbolic link, not bar data, a header without the needed columns, refused by
+    the database) is listed in the summary's `skipped` with the reason, and the others load.
+    LoadError (nothing loaded) for what concerns the whole load: an unknown --format or --pair,
+    bands wider than the database accepts, no path. Database errors other than a file's refusal
+    (server unreachable, ...) propagate as psycopg errors.
+
+    `ranges`: the plausible bands of prices and timestamps (default PlausibleRanges(): prices
+    1e-4 ... 1e5, ts_utc from 1971 to 5 minutes after the load's start). `follow_symlinks`:
+    load what symbolic links point to (by default they are reported and skipped). `progress`:
+    a tqdm bar over the files (default: several files and stderr is a terminal).
     """
     t0 = time.perf_counter()
     if fmt is not None and fmt not in FORMATS:
         raise LoadError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     pair = normalise_pair(pair)
+    ranges = (ranges or PlausibleRanges()).starting(dt.datetime.now(dt.UTC))
     if not paths:
-        raise LoadError("no PATH given: name files or directories of bars to load")
-    sources = find_sources([Path(p) for p in paths], fmt, pair)
+        raise LoadError("no PATH given: name files or folders of bars to load")
+    sources, skipped = find_sources([Path(p) for p in paths], fmt, pair, follow_symlinks=follow_symlinks)
     summaries: list[FileSummary] = []
     with psycopg.connect(dsn) as conn:
         with conn.transaction():
-            ensure_raw_schema(conn)
-        show = progress if progress is not None else len(sources) > 1
+            notes = ensure_raw_schema(conn)
+        show = progress if progress is not None else len(sources) > 1 and sys.stderr.isatty()
         iterator: Sequence[BarSource] | Iterator[BarSource] = sources
         bar = None
         if show:
@@ -108,33 +137,52 @@ def load_paths(
             iterator = bar
         for source in iterator:
             started = time.perf_counter()
-            rows = parse_source(source)
-            summary = load_parsed(conn, rows, source.name, source.format, started)
+            try:
+                rows = parse_source(source)
+                summary = load_parsed(conn, rows, source.name, source.format, started, ranges)
+            except (FileSkipped, *UNPARSEABLE) as err:
+                skipped.append(SkippedFile(source.name, parse_reason(err)))
+                continue
             summaries.append(summary)
             if bar is not None:
-                bar.set_postfix_str(f"{Path(source.name).name}: {summary.rows_read:,} rows")
+                bar.set_postfix_str(f"{printable(Path(source.name).name)}: {summary.rows_read:,} rows")
         if bar is not None:
             bar.close()
-    return LoadSummary(files=summaries, seconds=time.perf_counter() - t0)
+    return LoadSummary(files=summaries, seconds=time.perf_counter() - t0, skipped=skipped, notes=notes)
 
 
-def load_frame(conn_or_dsn: psycopg.Connection | str, bars: pd.DataFrame, source_name: str) -> LoadSummary:
+def load_frame(
+    conn_or_dsn: psycopg.Connection | str,
+    bars: pd.DataFrame,
+    source_name: str,
+    *,
+    ranges: PlausibleRanges | None = None,
+) -> LoadSummary:
     """Validate and load an in-memory DataFrame with the csv's columns (ts_utc tz-aware; naive
     values are read as UTC). Rejects carry the row position + 1 as line_number and the row as JSON.
+    A frame that cannot be loaded at all (a missing column) is a LoadError naming `source_name`.
 
     With a connection, the work runs in `conn.transaction()` blocks: inside a transaction of the
     caller they become savepoints and the caller decides to commit.
     """
     t0 = time.perf_counter()
+    ranges = (ranges or PlausibleRanges()).starting(dt.datetime.now(dt.UTC))
     table = pa.Table.from_pandas(bars.reset_index(drop=True), preserve_index=False)
-    rows = parse_table(source_name, table, None, "frame")
+    try:
+        rows = parse_table(table, None, "frame")
+    except FileSkipped as err:
+        raise LoadError(f"{source_name}: {err}") from None
+
+    def load(conn: psycopg.Connection) -> LoadSummary:
+        with conn.transaction():
+            notes = ensure_raw_schema(conn)
+        try:
+            summary = load_parsed(conn, rows, source_name, "frame", t0, ranges)
+        except FileSkipped as err:
+            raise LoadError(f"{source_name}: {err}") from None
+        return LoadSummary(files=[summary], seconds=time.perf_counter() - t0, notes=notes)
+
     if isinstance(conn_or_dsn, str):
         with psycopg.connect(conn_or_dsn) as conn:
-            with conn.transaction():
-                ensure_raw_schema(conn)
-            summary = load_parsed(conn, rows, source_name, "frame", t0)
-    else:
-        with conn_or_dsn.transaction():
-            ensure_raw_schema(conn_or_dsn)
-        summary = load_parsed(conn_or_dsn, rows, source_name, "frame", t0)
-    return LoadSummary(files=[summary], seconds=time.perf_counter() - t0)
+            return load(conn)
+    return load(conn_or_dsn)

@@ -26,7 +26,6 @@ import functools
 import io
 import json
 import math
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,8 +45,8 @@ from bqx.bar_formats import (
     NUMBER_COLUMNS,
     REQUIRED_COLUMNS,
 )
-from bqx.load.errors import LoadError
-from bqx.load.sources import BarSource, first_line, header_names
+from bqx.load.errors import FileSkipped
+from bqx.load.sources import BarSource, first_line, header_fields, header_names
 from bqx.pairs import PAIRS
 
 
@@ -146,6 +145,38 @@ def fixed_width_numpy(array: pa.Array | pa.ChunkedArray, dtype: type, fill: obje
     return out
 
 
+def is_text(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        return is_text(data_type.value_type)
+    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type)
+
+
+def is_number(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(data_type)
+        or pa.types.is_floating(data_type)
+        or pa.types.is_decimal(data_type)
+        or pa.types.is_null(data_type)
+        or pa.types.is_boolean(data_type)  # read, then rejected per row as not a number
+    )
+
+
+def check_column_types(columns: dict[str, pa.ChunkedArray | pa.Array]) -> None:
+    """A column of another type than the rules can judge per row (a list, a struct, binary) makes
+    the whole file unreadable: FileSkipped naming the column and its type."""
+    for name, column in columns.items():
+        data_type = column.type
+        if name == "ts_utc":
+            fits = pa.types.is_timestamp(data_type) or pa.types.is_date(data_type) or is_text(data_type)
+            expected = "a timestamp or ISO 8601 text"
+        elif name == "pair":
+            fits, expected = is_text(data_type) or pa.types.is_null(data_type), "text"
+        else:
+            fits, expected = is_number(data_type) or is_text(data_type), "numbers"
+        if not fits:
+            raise FileSkipped(f"column {name} has type {data_type}; expected {expected}")
+
+
 def as_strings(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     array = single_chunk(array)
     if pa.types.is_dictionary(array.type):
@@ -217,6 +248,17 @@ def parse_iso_timestamps(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray,
     bad = parsed.isna().to_numpy()
     us = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").view(np.int64).copy()
     us[bad] = 0
+    # pandas' nanoseconds end in 1677 and 2262: arrow reads years 0001..9999 one by one, so that
+    # such a year is judged by the timestamp rules rather than called unreadable
+    for i in np.flatnonzero(bad):
+        text = series.iloc[i]
+        for target in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
+            try:
+                one = pc.cast(arrow_string_array([text]), target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, AttributeError):
+                continue
+            us[i], bad[i] = int(one.view(pa.int64())[0].as_py()), False
+            break
     return us, bad
 
 
@@ -228,10 +270,10 @@ def timestamps_us(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
         bad = ~not_null(array)
         raw = fixed_width_numpy(array.view(pa.int64()), np.int64)
         unit = array.type.unit
-        if unit == "s":
-            return raw * 1_000_000, bad
-        if unit == "ms":
-            return raw * 1_000, bad
+        if unit in ("s", "ms"):
+            scale = 1_000_000 if unit == "s" else 1_000
+            overflow = np.abs(raw) > np.iinfo(np.int64).max // scale  # would wrap around in µs
+            return np.where(overflow, 0, raw) * scale, bad | overflow
         if unit == "ns":
             us = raw // 1_000
             us[raw % 1_000 != 0] += 1  # keep a sub-microsecond part visible to the whole-minute rule
@@ -242,7 +284,7 @@ def timestamps_us(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
         return fixed_width_numpy(as_us.view(pa.int64()), np.int64), ~not_null(as_us)
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or pa.types.is_dictionary(array.type):
         return parse_iso_timestamps(array)
-    raise LoadError(f"ts_utc has type {array.type}; expected a timestamp or ISO 8601 text")
+    raise FileSkipped(f"column ts_utc has type {array.type}; expected a timestamp or ISO 8601 text")
 
 
 def pair_codes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -448,28 +490,29 @@ def parse_text(source: BarSource, data: bytes) -> ParsedRows:
         names = list(HISTDATA_COLUMNS)
         delimiter, skip = HISTDATA_DELIMITER, 0
         if header_names(first_line(data)) is not None:
-            raise LoadError(f"{source.name}: has a csv header, so it is not a HistData file; use --format csv")
+            raise FileSkipped("has a csv header, so it is not a HistData file; use --format csv")
     else:
         end = data.find(b"\n")
         first = (data if end < 0 else data[:end]).strip()
-        names_or_none = header_names(first)
+        names_or_none = header_fields(first)
         if names_or_none is None:
             if not data.strip():
                 names_or_none = list(BAR_COLUMNS)
-            else:
-                raise LoadError(
-                    f"{source.name}: a csv file must start with the header "
-                    f"{CSV_HEADER}; its first line is {first[:80].decode('utf-8', 'replace')!r}"
-                )
+            else:  # its first line is not quoted: it may be anything
+                raise FileSkipped(f"a csv file must start with the header {CSV_HEADER}")
         names = names_or_none
         delimiter, skip = ",", 1
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
         if "pair" not in names and pair is None:
             missing.insert(0, "pair")
         if missing:
-            raise LoadError(f"{source.name}: the header lacks the column(s) {', '.join(missing)}")
-        if len(set(names)) != len(names):
-            raise LoadError(f"{source.name}: the header names a column twice: {','.join(names)}")
+            raise FileSkipped(
+                f"the header lacks the column(s) {', '.join(missing)} (a bar csv starts with {CSV_HEADER})"
+            )
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            ours = [n for n in twice if n in BAR_COLUMNS]
+            raise FileSkipped(f"the header names {'the column ' + ', '.join(ours) if ours else 'a column'} twice")
         extra = [c for c in names if c not in BAR_COLUMNS]
         if extra:
             notes.append(f"ignored column(s) {', '.join(extra)}")
@@ -494,14 +537,17 @@ def parse_text(source: BarSource, data: bytes) -> ParsedRows:
         for line, text in bad_lines
     ]
     columns = {name: table[name] for name in names}
+    check_column_types(columns)
     if source.format == "histdata":
         ts_text = as_strings(columns["ts_utc"])
         parsed = pc.strptime(ts_text, format=HISTDATA_TIMESTAMP_FORMAT, unit="us", error_is_null=True)
         if parsed.null_count:
             trimmed = pc.utf8_trim_whitespace(ts_text)
             parsed = pc.strptime(trimmed, format=HISTDATA_TIMESTAMP_FORMAT, unit="us", error_is_null=True)
-        ts_bad = ~not_null(parsed)
-        ts_us = fixed_width_numpy(parsed.view(pa.int64()), np.int64) + HISTDATA_UTC_OFFSET_US
+        local_us = fixed_width_numpy(parsed.view(pa.int64()), np.int64)
+        # EST + 5 h; a time so late that it would wrap around int64 is not a timestamp
+        ts_bad = ~not_null(parsed) | (local_us > np.iinfo(np.int64).max - HISTDATA_UTC_OFFSET_US)
+        ts_us = np.where(ts_bad, 0, local_us) + HISTDATA_UTC_OFFSET_US
     else:
         ts_us, ts_bad = parse_iso_timestamps(columns["ts_utc"])
     return assemble_rows(
@@ -524,24 +570,24 @@ def json_cell(value: object) -> object:
     return str(value)
 
 
-def parse_table(name: str, table: pa.Table, pair: str | None, fmt: str, only_pair: str | None = None) -> ParsedRows:
+def parse_table(table: pa.Table, pair: str | None, fmt: str, only_pair: str | None = None) -> ParsedRows:
     """A parquet file or a DataFrame (as an arrow table) with the csv's columns."""
     lower = {c.lower(): c for c in table.column_names}
     missing = [c for c in REQUIRED_COLUMNS if c not in lower]
     if "pair" not in lower and pair is None:
         missing.insert(0, "pair")
     if missing:
-        raise LoadError(f"{name}: the {fmt} lacks the column(s) {', '.join(missing)}")
+        raise FileSkipped(f"the {fmt} lacks the column(s) {', '.join(missing)}")
     notes = []
     extra = [c for c in table.column_names if c.lower() not in BAR_COLUMNS and not c.startswith("__index_level_")]
     if extra:
         notes.append(f"ignored column(s) {', '.join(extra)}")
+    if len(lower) != len(table.column_names):
+        raise FileSkipped(f"the {fmt} names a column twice (letter case aside)")
     columns = {c: table[lower[c]] for c in BAR_COLUMNS if c in lower}
+    check_column_types(columns)
     n = table.num_rows
-    try:
-        ts_us, ts_bad = timestamps_us(columns["ts_utc"])
-    except LoadError as err:
-        raise LoadError(f"{name}: {err}") from err
+    ts_us, ts_bad = timestamps_us(columns["ts_utc"])
 
     def row_as_json(i: int) -> str:
         row = {c: json_cell(table[c][i].as_py()) for c in table.column_names}
@@ -552,16 +598,15 @@ def parse_table(name: str, table: pa.Table, pair: str | None, fmt: str, only_pai
 
 
 def parse_source(source: BarSource) -> ParsedRows:
-    """Read a source and parse it by its format."""
-    try:
-        data = source.read()
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise LoadError(f"{source.name}: cannot read it ({err})") from err
+    """Read a source and parse it by its format (FileSkipped when it cannot be)."""
+    data = source.read()
     if source.format == "parquet":
         try:
             # ParquetFile.read without pandas metadata: read_table would import pandas
             table = pq.ParquetFile(io.BytesIO(data)).read(use_pandas_metadata=False)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise LoadError(f"{source.name}: not a readable parquet file ({err})") from err
-        return parse_table(source.name, table, source.pair, "parquet", source.only_pair)
+        except (pa.ArrowException, OSError, ValueError) as err:
+            # arrow's message says what is wrong with the file's structure, not what it holds
+            reason = " ".join(str(err).split())[:200]
+            raise FileSkipped(f"not a readable parquet file ({reason})") from None
+        return parse_table(table, source.pair, "parquet", source.only_pair)
     return parse_text(source, data)

@@ -1,28 +1,45 @@
 """Which files to load: paths and folders expanded to files, zip archives to their members, and
 each file's format and pair worked out before anything is written.
 
-A PATH may be a file or a directory (searched recursively, in sorted order, for *.csv, *.csv.gz,
+A PATH may be a file or a folder (searched recursively, in sorted order, for *.csv, *.csv.gz,
 *.parquet, *.pq and *.zip; names starting with a dot are skipped). A .zip, e.g. a HistData
 download, is read member by member (its .csv and .parquet members). The format is detected when
-not given: .parquet -> parquet; a first line that is the csv header -> csv; a first line
+not given: .parquet -> parquet; a first line that is a csv header -> csv; a first line
 `YYYYMMDD HHMMSS;...` -> histdata.
+
+Only regular files are read, and symbolic links are not followed (neither a PATH that is one nor
+one found in a folder) unless `follow_symlinks`: a file is opened with O_NOFOLLOW and checked to
+be a regular file on the descriptor that is read, so a link swapped in after the folder was
+listed is refused too, and a FIFO or a device is never opened for reading. Whatever a file holds,
+a problem with it is reported as a `SkippedFile` (its name and a reason that quotes none of its
+content) and the other files load.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
+import stat
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from bqx.bar_formats import CSV_HEADER, FORMATS, HISTDATA_LINE, histdata_file_name
-from bqx.load.errors import LoadError
+from bqx.bar_formats import CSV_HEADER, HISTDATA_LINE, histdata_file_name
+from bqx.load.errors import FileSkipped, LoadError
 from bqx.pairs import PAIRS
 
 BAR_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".zip")
 ZIP_MEMBER_SUFFIXES = (".csv", ".parquet")
 HEAD_BYTES = 65536  # how much of a file format detection reads
+GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
+NOT_FOLLOWED = "a symbolic link, not followed (pass --follow-symlinks to load what it points to)"
+# what reading a compressed file or an archive member can raise on bad data
+UNREADABLE_DATA = (OSError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError, RuntimeError)
 
 
 @dataclass
@@ -30,10 +47,18 @@ class BarSource:
     """One file (or zip member) to load."""
 
     name: str  # as shown and stored in source_file
-    read: Callable[[], bytes]  # its whole content, decompressed
+    read: Callable[[], bytes]  # its whole content, decompressed (raises FileSkipped)
     format: str
     pair: str | None  # the pair given by --pair or the file name: used where rows carry no pair
     only_pair: str | None = None  # --pair: rows of other pairs in a file with a pair column are skipped
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file (or path) that was not loaded, and why."""
+
+    file: str
+    reason: str
 
 
 def pair_in_name(name: str) -> str | None:
@@ -43,7 +68,7 @@ def pair_in_name(name: str) -> str | None:
     if len(found) == 1:
         return found.pop()
     if len(found) > 1:
-        raise LoadError(f"{name}: the file name names several pairs ({', '.join(sorted(found))}); pass --pair")
+        raise FileSkipped(f"the file name names several pairs ({', '.join(sorted(found))}); pass --pair")
     return None
 
 
@@ -65,111 +90,247 @@ def first_line(data: bytes) -> bytes:
     return b""
 
 
+def header_fields(line: bytes) -> list[str] | None:
+    """The fields of `line` if it looks like a csv header, else None: printable ASCII, and it names
+    ts_utc or has two or more fields that each start with a letter (a data line starts its
+    timestamp and prices with digits)."""
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not text.isprintable():
+        return None
+    names = [n.strip().strip('"').strip().lower() for n in text.split(",")]
+    if "ts_utc" in names:
+        return names
+    if len(names) < 2 or not all(n and (n[0].isalpha() or n[0] == "_") for n in names):
+        return None
+    return names
+
+
 def header_names(line: bytes) -> list[str] | None:
-    """The column names if `line` is a csv header (it names ts_utc), else None."""
-    names = [n.strip().strip('"').strip().lower() for n in line.decode("utf-8", "replace").split(",")]
-    return names if "ts_utc" in names else None
+    """The column names if `line` is a bar csv header (it names ts_utc), else None."""
+    names = header_fields(line)
+    return names if names is not None and "ts_utc" in names else None
 
 
-def detect_format(name: str, head: bytes, fmt: str | None) -> str:
-    """The format of a file from its name and first bytes, unless `fmt` says it."""
-    lower = name.lower()
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise LoadError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-        return fmt
-    if lower.endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
+def detect_format(head: bytes, name: str) -> str:
+    """The format of a file from its name and first bytes."""
+    if name.lower().endswith((".parquet", ".pq")) or head[:4] == b"PAR1":
         return "parquet"
+    if head[:2] == GZIP_MAGIC:
+        raise FileSkipped("gzip-compressed data, but the name does not end in .gz (name it .csv.gz)")
+    if head[:4] == ZIP_MAGIC:
+        raise FileSkipped("a zip archive, but the name does not end in .zip")
     first = first_line(head)
-    if header_names(first) is not None:
-        return "csv"
+    if not first or header_fields(first) is not None:
+        return "csv"  # an empty file has nothing to load; a header without ts_utc is reported by parse
     if HISTDATA_LINE.match(first):
         return "histdata"
-    if not first:
-        return "csv"  # empty file: nothing to load
-    raise LoadError(
-        f"{name}: cannot tell the format from its first line {first[:80].decode('utf-8', 'replace')!r}: "
-        f"expected the csv header {CSV_HEADER} or a HistData line "
-        "'YYYYMMDD HHMMSS;open;high;low;close;volume'; pass --format"
+    raise FileSkipped(
+        f"not bar data: it starts neither with the csv header {CSV_HEADER} nor with a HistData line "
+        "'YYYYMMDD HHMMSS;open;high;low;close;volume' (pass --format if it is one of them)"
     )
 
 
-def read_bytes(path: Path) -> bytes:
+def open_regular(path: Path, follow_symlinks: bool) -> BinaryIO:
+    """`path` opened for reading if it is a regular file; a symbolic link (unless followed), a
+    folder, a FIFO or a device is refused with FileSkipped, as is a file that cannot be opened."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # NONBLOCK: a FIFO must not hang us
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP and not follow_symlinks:
+            raise FileSkipped(NOT_FOLLOWED) from None
+        raise FileSkipped(unreadable(err)) from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileSkipped("a folder" if stat.S_ISDIR(mode) else "not a regular file")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def unreadable(err: OSError) -> str:
+    """The reason for an OSError, without the path (the caller names the file)."""
+    if isinstance(err, FileNotFoundError):
+        return "no such file or directory"
+    return f"cannot be read: {err.strerror or type(err).__name__}".rstrip()
+
+
+def read_regular(path: Path, follow_symlinks: bool) -> bytes:
     """A file's content, gunzipped when its name ends in .gz."""
-    data = path.read_bytes()
+    with open_regular(path, follow_symlinks) as handle:
+        try:
+            data = handle.read()
+        except OSError as err:
+            raise FileSkipped(unreadable(err)) from None
     if path.name.lower().endswith(".gz"):
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except UNREADABLE_DATA:
+            raise FileSkipped("not a readable gzip file (truncated or corrupt)") from None
     return data
 
 
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, and the bar files found in folders (sorted, hidden names skipped)."""
-    files: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        if path.is_dir():
-            found = [
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file()
-                and p.name.lower().endswith(BAR_FILE_SUFFIXES)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            ]
-            if not found:
-                raise LoadError(f"{path}: no *.csv, *.csv.gz, *.parquet or *.zip file in this directory")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise LoadError(f"{path}: no such file or directory")
-    return files
-
-
-def find_sources(paths: Sequence[Path], fmt: str | None, pair: str | None) -> list[BarSource]:
-    """Every file to load, with its format and pair, checked before anything is loaded."""
-    sources: list[BarSource] = []
-    for path in expand_paths(paths):
-        if path.name.lower().endswith(".zip"):
-            try:
-                archive = zipfile.ZipFile(path)
-            except zipfile.BadZipFile as err:
-                raise LoadError(f"{path}: not a readable zip file ({err})") from err
-            members = sorted(
-                m for m in archive.namelist() if m.lower().endswith(ZIP_MEMBER_SUFFIXES) and not m.endswith("/")
-            )
-            if not members:
-                raise LoadError(f"{path}: the zip file holds no .csv or .parquet file")
-            for member in members:
-                name = f"{path}!{member}"
-
-                def read_member(archive: zipfile.ZipFile = archive, member: str = member) -> bytes:
-                    return archive.read(member)
-
-                with archive.open(member) as handle:
-                    head = handle.read(HEAD_BYTES)
-                member_fmt = detect_format(name, head, fmt)
-                member_pair = pair or pair_in_name(member) or pair_in_name(path.name)
-                sources.append(BarSource(name, read_member, member_fmt, member_pair, pair))
-            continue
+def read_head(path: Path, follow_symlinks: bool) -> bytes:
+    """The first HEAD_BYTES of a file (decompressed when its name ends in .gz)."""
+    with open_regular(path, follow_symlinks) as handle:
         try:
             if path.name.lower().endswith(".gz"):
-                with gzip.open(path, "rb") as handle:
-                    head = handle.read(HEAD_BYTES)
-            else:
-                with path.open("rb") as handle:
-                    head = handle.read(HEAD_BYTES)
+                with gzip.GzipFile(fileobj=handle) as unzipped:
+                    return unzipped.read(HEAD_BYTES)
+            return handle.read(HEAD_BYTES)
         except OSError as err:
-            raise LoadError(f"{path}: cannot read it ({err})") from err
-        file_fmt = detect_format(str(path), head, fmt)
+            if isinstance(err, gzip.BadGzipFile):
+                raise FileSkipped("not a readable gzip file") from None
+            raise FileSkipped(unreadable(err)) from None
+        except UNREADABLE_DATA:
+            raise FileSkipped("not a readable gzip file (truncated or corrupt)") from None
 
-        def read_file(path: Path = path) -> bytes:
-            return read_bytes(path)
 
-        sources.append(BarSource(str(path), read_file, file_fmt, pair or pair_in_name(path.name), pair))
-    for source in sources:
-        if source.format == "histdata" and source.pair is None:
-            raise LoadError(
-                f"{source.name}: a HistData file carries no pair and its name names none of the 28 pairs; "
-                f"pass --pair (e.g. --pair EURUSD) or rename it (e.g. {histdata_file_name('EURUSD', 2024, 7)})"
-            )
-    return sources
+@dataclass
+class FoundFiles:
+    files: list[Path]
+    skipped: list[SkippedFile]
+
+
+def walk_folder(folder: Path, follow_symlinks: bool, found: FoundFiles) -> int:
+    """Add the bar files below `folder` (depth first, names sorted, hidden names skipped) to
+    `found`; links are reported as skipped unless followed. Returns how many were added."""
+    before = len(found.files)
+    seen: set[tuple[int, int]] = set()
+
+    def visit(directory: Path) -> None:
+        try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen:  # a loop of followed links
+                return
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as err:
+            found.skipped.append(SkippedFile(str(directory), f"cannot list this folder: {err.strerror}"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = directory / entry.name
+            wanted = entry.name.lower().endswith(BAR_FILE_SUFFIXES)
+            try:
+                if entry.is_symlink() and not follow_symlinks:
+                    if wanted or entry.is_dir(follow_symlinks=True):
+                        found.skipped.append(SkippedFile(str(path), NOT_FOLLOWED))
+                    continue
+                if entry.is_dir(follow_symlinks=follow_symlinks):
+                    visit(path)
+                elif wanted and entry.is_file(follow_symlinks=follow_symlinks):
+                    found.files.append(path)
+                elif wanted:
+                    found.skipped.append(SkippedFile(str(path), "not a regular file"))
+            except OSError as err:
+                found.skipped.append(SkippedFile(str(path), unreadable(err)))
+
+    visit(folder)
+    return len(found.files) - before
+
+
+def expand_paths(paths: Sequence[Path], follow_symlinks: bool) -> FoundFiles:
+    """Files as given, and the bar files found in folders; what cannot be used is reported."""
+    found = FoundFiles([], [])
+    for path in map(Path, paths):
+        try:
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                if not follow_symlinks:
+                    found.skipped.append(SkippedFile(str(path), NOT_FOLLOWED))
+                    continue
+                info = os.stat(path)
+        except OSError as err:
+            found.skipped.append(SkippedFile(str(path), unreadable(err)))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            skipped_before = len(found.skipped)
+            if not walk_folder(path, follow_symlinks, found) and len(found.skipped) == skipped_before:
+                found.skipped.append(
+                    SkippedFile(str(path), "a folder without any *.csv, *.csv.gz, *.parquet or *.zip file")
+                )
+        elif stat.S_ISREG(info.st_mode):
+            found.files.append(path)
+        else:
+            found.skipped.append(SkippedFile(str(path), "not a regular file"))
+    return found
+
+
+def zip_sources(path: Path, fmt: str | None, pair: str | None, follow_symlinks: bool) -> list[BarSource | SkippedFile]:
+    """The .csv and .parquet members of a zip archive, each a source (or skipped)."""
+    handle = open_regular(path, follow_symlinks)
+    try:
+        archive = zipfile.ZipFile(handle)
+        names = archive.namelist()
+    except UNREADABLE_DATA:
+        handle.close()
+        raise FileSkipped("not a readable zip file") from None
+    members = sorted(m for m in names if m.lower().endswith(ZIP_MEMBER_SUFFIXES) and not m.endswith("/"))
+    if not members:
+        handle.close()
+        raise FileSkipped("the zip file holds no .csv or .parquet file")
+    found: list[BarSource | SkippedFile] = []
+    for member in members:
+        name = f"{path}!{member}"
+
+        def read_member(archive: zipfile.ZipFile = archive, member: str = member) -> bytes:
+            try:
+                return archive.read(member)
+            except UNREADABLE_DATA:
+                raise FileSkipped("a zip member that cannot be read (corrupt, encrypted or compressed oddly)") from None
+
+        try:
+            with archive.open(member) as member_handle:
+                head = member_handle.read(HEAD_BYTES)
+            member_fmt = fmt or detect_format(head, member)
+            member_pair = pair or pair_in_name(member) or pair_in_name(path.name)
+            found.append(check_pair(BarSource(name, read_member, member_fmt, member_pair, pair)))
+        except FileSkipped as err:  # first: a FileSkipped is a RuntimeError too
+            found.append(SkippedFile(name, str(err)))
+        except UNREADABLE_DATA:
+            found.append(SkippedFile(name, "a zip member that cannot be read (corrupt, encrypted or compressed oddly)"))
+    return found
+
+
+def check_pair(source: BarSource) -> BarSource:
+    if source.format == "histdata" and source.pair is None:
+        raise FileSkipped(
+            "a HistData file carries no pair and its name names none of the 28 pairs; "
+            f"pass --pair (e.g. --pair EURUSD) or rename it (e.g. {histdata_file_name('EURUSD', 2024, 7)})"
+        )
+    return source
+
+
+def find_sources(
+    paths: Sequence[Path], fmt: str | None, pair: str | None, *, follow_symlinks: bool = False
+) -> tuple[list[BarSource], list[SkippedFile]]:
+    """Every file to load with its format and pair (in the order of the paths; folders sorted),
+    and the paths and files that cannot be loaded, with the reason."""
+    found = expand_paths(paths, follow_symlinks)
+    sources: list[BarSource] = []
+    skipped: list[SkippedFile] = list(found.skipped)
+    for path in found.files:
+        try:
+            if path.name.lower().endswith(".zip"):
+                for item in zip_sources(path, fmt, pair, follow_symlinks):
+                    (sources if isinstance(item, BarSource) else skipped).append(item)  # type: ignore[arg-type]
+                continue
+            head = read_head(path, follow_symlinks)
+            file_fmt = fmt or detect_format(head, path.name)
+
+            def read_file(path: Path = path) -> bytes:
+                return read_regular(path, follow_symlinks)
+
+            sources.append(check_pair(BarSource(str(path), read_file, file_fmt, pair or pair_in_name(path.name), pair)))
+        except FileSkipped as err:
+            skipped.append(SkippedFile(str(path), str(err)))
+    return sources, skipped

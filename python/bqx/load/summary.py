@@ -1,11 +1,13 @@
-"""What a load did: per file and in total, and the table `bqx load` prints."""
+"""What a load did: per file and in total, the files it skipped, and the table `bqx load` prints."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
 from bqx.load.rules import REASONS
+from bqx.load.sources import SkippedFile
 
 COUNTS = ("rows_read", "rows_loaded", "rows_replaced", "rows_unchanged", "rows_rejected", "rows_skipped")
 
@@ -23,6 +25,7 @@ class FileSummary:
     rows_rejected: int = 0
     rows_skipped: int = 0  # rows of another pair than --pair
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rejects_recorded: int = 0  # rejects written to raw.m1_rejects (the others were there already)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -38,10 +41,13 @@ def by_reason(counts: Counter[str]) -> dict[str, int]:
 
 @dataclass
 class LoadSummary:
-    """Per-file summaries and their totals (`seconds` is the wall time of the whole load)."""
+    """Per-file summaries and their totals (`seconds` is the wall time of the whole load), the
+    files that were not loaded, and notes about the database (an upgrade of the raw schema)."""
 
     files: list[FileSummary]
     seconds: float
+    skipped: list[SkippedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     rows_read: int = field(init=False)
     rows_loaded: int = field(init=False)
     rows_replaced: int = field(init=False)
@@ -62,6 +68,17 @@ class LoadSummary:
     def rows_per_second(self) -> float:
         return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def rejects_recorded(self) -> int:
+        return sum(f.rejects_recorded for f in self.files)
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters (a newline in a file name, ...) escaped."""
+    return "".join(
+        c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
 
 def format_summary(summary: LoadSummary) -> str:
     """A readable table of a load: one line per file, the totals, the rejects by rule."""
@@ -80,7 +97,7 @@ def format_summary(summary: LoadSummary) -> str:
             f"{s.rows_per_second:,.0f}",
         ]
 
-    rows = [cells(f.file, f.format, f) for f in summary.files]
+    rows = [cells(printable(f.file), f.format, f) for f in summary.files]
     if len(summary.files) != 1:
         rows.append(cells(f"total ({len(summary.files)} files)", "", summary))
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
@@ -92,6 +109,8 @@ def format_summary(summary: LoadSummary) -> str:
     out += [line(r) for r in rows[: len(summary.files)]]
     if len(summary.files) != 1:
         out += ["  ".join("-" * w for w in widths), line(rows[-1])]
+    if not summary.files:
+        out = ["no file loaded"]
     if summary.rows_skipped:
         out.append(f"{summary.rows_skipped:,} rows of other pairs skipped (--pair)")
     if summary.rows_replaced:
@@ -100,10 +119,18 @@ def format_summary(summary: LoadSummary) -> str:
             "old values kept in raw.m1_bars_history"
         )
     if summary.rows_rejected:
-        out.append(f"{summary.rows_rejected:,} rows rejected (details in raw.m1_rejects):")
+        known = summary.rows_rejected - summary.rejects_recorded
+        already = f"; {known:,} of them recorded there by an earlier load" if known else ""
+        out.append(f"{summary.rows_rejected:,} rows rejected (details in raw.m1_rejects{already}):")
         for name, count in summary.rejected_by_reason.items():
             out.append(f"  {name:<22} {count:>10,}  {REASONS[name]}")
+    if summary.skipped:
+        out.append(f"{len(summary.skipped):,} file(s) skipped, nothing of them loaded:")
+        for skipped in summary.skipped:
+            out.append(f"  {printable(skipped.file)}: {printable(skipped.reason)}")
     for f in summary.files:
         for note in f.notes:
-            out.append(f"note: {f.file}: {note}")
+            out.append(f"note: {printable(f.file)}: {printable(note)}")
+    for note in summary.notes:
+        out.append(f"note: {note}")
     return "\n".join(out)

@@ -29,6 +29,7 @@ from psycopg import errors
 
 from bqx import pgcopy
 from bqx.bar_formats import BAR_COLUMNS, PRICE_COLUMNS
+from bqx.load.errors import FileSkipped
 from bqx.load.parse import ParsedRows
 from bqx.load.rules import CheckedRows, RejectRecord
 from bqx.pairs import PAIRS
@@ -60,6 +61,12 @@ class WrittenBars:
     new: int
     replaced: int
     unchanged: int
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    bars: WrittenBars
+    rejects_recorded: int  # rejects not recorded by an earlier load of the same file
 
 
 def bar_copy_columns(rows: ParsedRows, source_file: str | None) -> list[pgcopy.CopyColumn]:
@@ -225,15 +232,29 @@ def write_bars(
     return WrittenBars(new, replaced, len(good) - new - replaced)
 
 
-def write_rejects(conn: psycopg.Connection, records: Sequence[RejectRecord]) -> None:
-    """Append reject records to raw.m1_rejects."""
+REJECT_COLUMNS_SQL = "source_file, line_number, raw_text, pair, ts_utc, reason, detail"
+
+
+def write_rejects(conn: psycopg.Connection, records: Sequence[RejectRecord]) -> int:
+    """Record rejects in raw.m1_rejects, each (file, line, rule, line text) once: those an earlier
+    load recorded already are left alone (its unique key m1_rejects_once). Returns how many are new."""
     if not records:
-        return
-    with conn.cursor() as cur, cur.copy(
-        "copy raw.m1_rejects (source_file, line_number, raw_text, pair, ts_utc, reason, detail) from stdin"
-    ) as copy:
-        for record in records:
-            copy.write_row(record)
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(
+            "create temp table bqx_load_rejects (source_file text, line_number bigint, raw_text text, "
+            "pair text, ts_utc text, reason text, detail text) on commit drop"
+        )
+        with cur.copy(f"copy bqx_load_rejects ({REJECT_COLUMNS_SQL}) from stdin") as copy:
+            for record in records:
+                copy.write_row(record)
+        cur.execute(
+            f"insert into raw.m1_rejects ({REJECT_COLUMNS_SQL}) "
+            f"select {REJECT_COLUMNS_SQL} from bqx_load_rejects order by line_number on conflict do nothing"
+        )
+        recorded = cur.rowcount
+        cur.execute("drop table bqx_load_rejects")
+    return recorded
 
 
 def write_file(
@@ -245,14 +266,15 @@ def write_file(
     fmt: str,
     rows_read: int,
     started_at: dt.datetime,
-) -> WrittenBars:
+) -> WrittenFile:
     """A file's bars, rejects and load_log row in one transaction (a savepoint inside the
-    caller's), retried with a merge when a concurrent load got in the way."""
+    caller's), retried with a merge when a concurrent load got in the way. A file the database
+    refuses (a constraint of its own that the rules do not know) is FileSkipped, nothing of it kept."""
     for attempt in range(ATTEMPTS):
         try:
             with conn.transaction():
                 written = write_bars(conn, rows, checked.good, source_name, cautious=attempt > 0)
-                write_rejects(conn, records)
+                recorded = write_rejects(conn, records)
                 conn.execute(
                     "insert into raw.load_log (file, format, started_at, finished_at, rows_read, rows_loaded, "
                     "rows_unchanged, rows_replaced, rows_rejected) "
@@ -268,9 +290,12 @@ def write_file(
                         len(records),
                     ),
                 )
-            return written
+            return WrittenFile(written, recorded)
         except CONCURRENT_LOAD_ERRORS:
             # another session loaded some of these bars or months meanwhile: retry, merging
             if attempt == ATTEMPTS - 1:
                 raise
+        except (errors.CheckViolation, errors.NotNullViolation, errors.DataError) as err:
+            # the primary message names the constraint; its DETAIL (the row) is left out
+            raise FileSkipped(f"refused by the database: {err.diag.message_primary or type(err).__name__}") from None
     raise AssertionError("unreachable")  # pragma: no cover
