@@ -159,10 +159,10 @@ def test_an_unreadable_file_is_skipped(dsn: str, tmp_path: Path, monkeypatch: py
     good, locked = bars_csv(tmp_path / "EURUSD.csv"), bars_csv(tmp_path / "locked_GBPUSD.csv", pair="GBPUSD")
     real_open = os.open
 
-    def refusing(path: str | os.PathLike, flags: int, *args: object) -> int:
+    def refusing(path: str | os.PathLike, flags: int, *args: object, **kwargs: object) -> int:
         if Path(path) == locked:
             raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(sources.os, "open", refusing)
     summary = load_paths(dsn, [good, locked])
@@ -195,6 +195,28 @@ def test_symlinks_are_not_followed(dsn: str, tmp_path: Path) -> None:
 
     followed = load_paths(dsn, [folder], follow_symlinks=True)  # asked for: the links are read
     assert sorted(Path(f.file).name for f in followed.files) == ["EURUSD.csv", "linked.csv", "secret.csv"]
+
+
+def test_a_folder_swapped_for_a_link_after_the_listing_is_not_followed(tmp_path: Path) -> None:
+    """Between finding a file and reading it, another user replaces a folder of the path by a
+    link to a folder only root may read: the read is refused, nothing of the target is read."""
+    from bqx.load import sources
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "EURUSD.csv").write_text(f"{HEADER}\n{SECRET},2024-07-01T00:00:00Z,1.1,1.2,1.0,1.1,1,\n")
+    folder = tmp_path / "bars"
+    (folder / "sub").mkdir(parents=True)
+    bars_csv(folder / "sub" / "EURUSD.csv")
+    [source], skipped = sources.find_sources([folder], None, None)
+    assert skipped == [] and source.name == str(folder / "sub" / "EURUSD.csv")
+
+    (folder / "sub").rename(tmp_path / "moved")
+    (folder / "sub").symlink_to(private, target_is_directory=True)
+
+    with pytest.raises(sources.FileSkipped, match="symbolic link, not followed") as refused:
+        source.read()
+    assert SECRET not in str(refused.value)
 
 
 def test_a_fifo_is_never_opened(dsn: str, tmp_path: Path) -> None:

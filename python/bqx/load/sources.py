@@ -8,11 +8,12 @@ not given: .parquet -> parquet; a first line that is a csv header -> csv; a firs
 `YYYYMMDD HHMMSS;...` -> histdata.
 
 Only regular files are read, and symbolic links are not followed (neither a PATH that is one nor
-one found in a folder) unless `follow_symlinks`: a file is opened with O_NOFOLLOW and checked to
-be a regular file on the descriptor that is read, so a link swapped in after the folder was
-listed is refused too, and a FIFO or a device is never opened for reading. Whatever a file holds,
-a problem with it is reported as a `SkippedFile` (its name and a reason that quotes none of its
-content) and the other files load.
+one found in a folder) unless `follow_symlinks`. Folders are listed through their descriptors and
+a file found in one is opened name by name from the PATH, each name with O_NOFOLLOW, then checked
+to be a regular file on the descriptor that is read: a file or folder swapped for a link after the
+listing is refused too, and a FIFO or a device is never read. Whatever a file holds, a problem with
+it is reported as a `SkippedFile` (its name and a reason that quotes none of its content) and the
+other files load.
 """
 
 from __future__ import annotations
@@ -133,14 +134,51 @@ def detect_format(head: bytes, name: str) -> str:
     )
 
 
-def open_regular(path: Path, follow_symlinks: bool) -> BinaryIO:
-    """`path` opened for reading if it is a regular file; a symbolic link (unless followed), a
-    folder, a FIFO or a device is refused with FileSkipped, as is a file that cannot be opened."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # NONBLOCK: a FIFO must not hang us
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
+@dataclass(frozen=True)
+class FoundFile:
+    """A file to read: a path as given on the command line and the names below it (none: the path
+    is the file itself)."""
+
+    base: Path
+    below: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return self.base.joinpath(*self.below)
+
+
+def open_regular(file: FoundFile, follow_symlinks: bool) -> BinaryIO:
+    """`file` opened for reading if it is a regular file; a symbolic link (unless followed), a
+    folder, a FIFO or a device is refused with FileSkipped, as is a file that cannot be opened.
+
+    A file found in a folder is opened name by name from the given path, each name relative to
+    the folder above it and with O_NOFOLLOW: a folder swapped for a link after the listing is
+    not followed either."""
+    nofollow = 0 if follow_symlinks else os.O_NOFOLLOW
+    common = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | nofollow
+    as_file = common | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang the load
+
+    def open_folder(name: str | Path, above: int | None) -> int:
+        try:
+            return os.open(name, common | os.O_DIRECTORY, dir_fd=above)
+        except NotADirectoryError:  # O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR
+            if not follow_symlinks and stat.S_ISLNK(os.stat(name, dir_fd=above, follow_symlinks=False).st_mode):
+                raise FileSkipped(NOT_FOLLOWED) from None
+            raise
+
     try:
-        descriptor = os.open(path, flags)
+        if not file.below:
+            descriptor = os.open(file.base, as_file)
+        else:
+            folder = open_folder(file.base, None)
+            try:
+                for name in file.below[:-1]:
+                    inner = open_folder(name, folder)
+                    os.close(folder)
+                    folder = inner
+                descriptor = os.open(file.below[-1], as_file, dir_fd=folder)
+            finally:
+                os.close(folder)
     except OSError as err:
         if err.errno == errno.ELOOP and not follow_symlinks:
             raise FileSkipped(NOT_FOLLOWED) from None
@@ -162,14 +200,14 @@ def unreadable(err: OSError) -> str:
     return f"cannot be read: {err.strerror or type(err).__name__}".rstrip()
 
 
-def read_regular(path: Path, follow_symlinks: bool) -> bytes:
+def read_regular(file: FoundFile, follow_symlinks: bool) -> bytes:
     """A file's content, gunzipped when its name ends in .gz."""
-    with open_regular(path, follow_symlinks) as handle:
+    with open_regular(file, follow_symlinks) as handle:
         try:
             data = handle.read()
         except OSError as err:
             raise FileSkipped(unreadable(err)) from None
-    if path.name.lower().endswith(".gz"):
+    if file.path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
         except UNREADABLE_DATA:
@@ -177,11 +215,11 @@ def read_regular(path: Path, follow_symlinks: bool) -> bytes:
     return data
 
 
-def read_head(path: Path, follow_symlinks: bool) -> bytes:
+def read_head(file: FoundFile, follow_symlinks: bool) -> bytes:
     """The first HEAD_BYTES of a file (decompressed when its name ends in .gz)."""
-    with open_regular(path, follow_symlinks) as handle:
+    with open_regular(file, follow_symlinks) as handle:
         try:
-            if path.name.lower().endswith(".gz"):
+            if file.path.name.lower().endswith(".gz"):
                 with gzip.GzipFile(fileobj=handle) as unzipped:
                     return unzipped.read(HEAD_BYTES)
             return handle.read(HEAD_BYTES)
@@ -195,47 +233,58 @@ def read_head(path: Path, follow_symlinks: bool) -> bytes:
 
 @dataclass
 class FoundFiles:
-    files: list[Path]
+    files: list[FoundFile]
     skipped: list[SkippedFile]
 
 
 def walk_folder(folder: Path, follow_symlinks: bool, found: FoundFiles) -> int:
-    """Add the bar files below `folder` (depth first, names sorted, hidden names skipped) to
-    `found`; links are reported as skipped unless followed. Returns how many were added."""
-    before = len(found.files)
+    """Add the bar files below `folder` to `found`, sorted by path, hidden names skipped; links are
+    reported as skipped unless followed. Listed through folder descriptors (os.fwalk), so a
+    folder swapped for a link while it is walked is not entered. Returns how many were added."""
+    below_here: list[tuple[str, ...]] = []
     seen: set[tuple[int, int]] = set()
 
-    def visit(directory: Path) -> None:
-        try:
-            info = os.stat(directory)
-            if (info.st_dev, info.st_ino) in seen:  # a loop of followed links
-                return
-            seen.add((info.st_dev, info.st_ino))
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as err:
-            found.skipped.append(SkippedFile(str(directory), f"cannot list this folder: {err.strerror}"))
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = directory / entry.name
-            wanted = entry.name.lower().endswith(BAR_FILE_SUFFIXES)
-            try:
-                if entry.is_symlink() and not follow_symlinks:
-                    if wanted or entry.is_dir(follow_symlinks=True):
-                        found.skipped.append(SkippedFile(str(path), NOT_FOLLOWED))
-                    continue
-                if entry.is_dir(follow_symlinks=follow_symlinks):
-                    visit(path)
-                elif wanted and entry.is_file(follow_symlinks=follow_symlinks):
-                    found.files.append(path)
-                elif wanted:
-                    found.skipped.append(SkippedFile(str(path), "not a regular file"))
-            except OSError as err:
-                found.skipped.append(SkippedFile(str(path), unreadable(err)))
+    def cannot_list(err: OSError) -> None:
+        found.skipped.append(SkippedFile(str(err.filename or folder), f"cannot list this folder: {err.strerror}"))
 
-    visit(folder)
-    return len(found.files) - before
+    for directory, dirnames, filenames, directory_fd in os.fwalk(
+        folder, follow_symlinks=follow_symlinks, onerror=cannot_list
+    ):
+        here = os.fstat(directory_fd)
+        if (here.st_dev, here.st_ino) in seen:  # a loop of followed links
+            dirnames.clear()
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        below = Path(directory).relative_to(folder).parts
+        enter = []
+        for name in sorted([*dirnames, *filenames]):
+            if name.startswith("."):
+                continue
+            path = Path(directory, name)
+            wanted = name.lower().endswith(BAR_FILE_SUFFIXES) or name in dirnames
+            try:
+                info = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    if not follow_symlinks:
+                        if wanted:
+                            found.skipped.append(SkippedFile(str(path), NOT_FOLLOWED))
+                        continue
+                    info = os.stat(name, dir_fd=directory_fd)
+            except OSError as err:
+                if wanted:
+                    found.skipped.append(SkippedFile(str(path), unreadable(err)))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                enter.append(name)
+            elif not wanted:
+                continue
+            elif stat.S_ISREG(info.st_mode):
+                below_here.append((*below, name))
+            else:
+                found.skipped.append(SkippedFile(str(path), "not a regular file"))
+        dirnames[:] = enter
+    found.files.extend(FoundFile(folder, names) for names in sorted(below_here))
+    return len(below_here)
 
 
 def expand_paths(paths: Sequence[Path], follow_symlinks: bool) -> FoundFiles:
@@ -259,15 +308,18 @@ def expand_paths(paths: Sequence[Path], follow_symlinks: bool) -> FoundFiles:
                     SkippedFile(str(path), "a folder without any *.csv, *.csv.gz, *.parquet or *.zip file")
                 )
         elif stat.S_ISREG(info.st_mode):
-            found.files.append(path)
+            found.files.append(FoundFile(path))
         else:
             found.skipped.append(SkippedFile(str(path), "not a regular file"))
     return found
 
 
-def zip_sources(path: Path, fmt: str | None, pair: str | None, follow_symlinks: bool) -> list[BarSource | SkippedFile]:
+def zip_sources(
+    file: FoundFile, fmt: str | None, pair: str | None, follow_symlinks: bool
+) -> list[BarSource | SkippedFile]:
     """The .csv and .parquet members of a zip archive, each a source (or skipped)."""
-    handle = open_regular(path, follow_symlinks)
+    path = file.path
+    handle = open_regular(file, follow_symlinks)
     try:
         archive = zipfile.ZipFile(handle)
         names = archive.namelist()
@@ -318,17 +370,18 @@ def find_sources(
     found = expand_paths(paths, follow_symlinks)
     sources: list[BarSource] = []
     skipped: list[SkippedFile] = list(found.skipped)
-    for path in found.files:
+    for file in found.files:
+        path = file.path
         try:
             if path.name.lower().endswith(".zip"):
-                for item in zip_sources(path, fmt, pair, follow_symlinks):
+                for item in zip_sources(file, fmt, pair, follow_symlinks):
                     (sources if isinstance(item, BarSource) else skipped).append(item)  # type: ignore[arg-type]
                 continue
-            head = read_head(path, follow_symlinks)
+            head = read_head(file, follow_symlinks)
             file_fmt = fmt or detect_format(head, path.name)
 
-            def read_file(path: Path = path) -> bytes:
-                return read_regular(path, follow_symlinks)
+            def read_file(file: FoundFile = file) -> bytes:
+                return read_regular(file, follow_symlinks)
 
             sources.append(check_pair(BarSource(str(path), read_file, file_fmt, pair or pair_in_name(path.name), pair)))
         except FileSkipped as err:
