@@ -223,15 +223,14 @@ def explain(rows: ParsedRows, i: int, code: str, kept_line: int, fmt: str, range
         )
     if code == "not_whole_minute":
         return f"ts_utc {format_timestamp(rows.ts_us[i])} is not a whole minute (bars open on the minute)"
-    prices = ", ".join(f"{k} {format_number(numbers[k][i])}" for k in PRICE_COLUMNS)
-    if code == "non_finite_price":
-        return f"every price must be a finite number; got {prices}"
-    if code == "non_positive_price":
-        return f"every price must be > 0; got {prices}"
-    if code == "price_out_of_range":
-        return f"every price must be within [{ranges.min_price:g}, {ranges.max_price:g}]; got {prices}"
-    if code == "high_low_inconsistent":
-        return f"need low <= open, close <= high; got {prices}"
+    price_rule = {
+        "non_finite_price": "every price must be a finite number",
+        "non_positive_price": "every price must be > 0",
+        "price_out_of_range": f"every price must be within [{ranges.min_price:g}, {ranges.max_price:g}]",
+        "high_low_inconsistent": "need low <= open, close <= high",
+    }.get(code)
+    if price_rule is not None:
+        return f"{price_rule}; got " + ", ".join(f"{k} {format_number(numbers[k][i])}" for k in PRICE_COLUMNS)
     if code == "negative_volume":
         return f"volume {int(numbers['volume'][i])} is negative"
     if code == "volume_out_of_range":
