@@ -394,7 +394,7 @@ class _Place:
 
     home: int
     state: int
-    conf: int
+    conf: int  # root's conf/ (not as root: unused, the configuration goes into the data directory)
     account: _Account
 
 
@@ -579,7 +579,19 @@ def _settings(cluster: EmbeddedCluster) -> dict[str, str]:
 
 
 def _write_config(cluster: EmbeddedCluster, place: _Place) -> bool:
-    """Write bqx.conf, pg_hba.conf, pg_ident.conf; True when one of them changed."""
+    """Write bqx.conf, pg_hba.conf, pg_ident.conf; True when one of them changed.
+
+    As root into root's own conf/; otherwise into the (current user's) data directory."""
+    if cluster.conf_dir == cluster.pgdata:
+        fd = safe_files.open_subdir(place.home, cluster.pgdata.name, cluster.pgdata)
+        try:
+            return _write_config_into(cluster, place, fd)
+        finally:
+            os.close(fd)
+    return _write_config_into(cluster, place, place.conf)
+
+
+def _write_config_into(cluster: EmbeddedCluster, place: _Place, conf_fd: int) -> bool:
     files = {
         CONFIG_FILE: "# written by `bqx db start`; see README, Server settings\n"
         + "".join(f"{key} = {value}\n" for key, value in _settings(cluster).items()),
@@ -588,9 +600,9 @@ def _write_config(cluster: EmbeddedCluster, place: _Place) -> bool:
     }
     changed = False
     for name, text in files.items():
-        current = safe_files.read_file(place.conf, name, cluster.conf_dir / name)
+        current = safe_files.read_file(conf_fd, name, cluster.conf_dir / name)
         if current != text.encode():
-            safe_files.write_file(place.conf, name, text.encode(), mode=0o644 if cluster.run_as else 0o600)
+            safe_files.write_file(conf_fd, name, text.encode(), mode=0o644 if cluster.run_as else 0o600)
             changed = True
     return changed
 
@@ -815,7 +827,6 @@ def start(cluster: EmbeddedCluster, *, database: str | None = DEFAULT_DATABASE) 
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cluster.passfile.name, dir_fd=place.state)
         password = _password(cluster, place)
-        config_changed = _write_config(cluster, place)
         running = _postmaster(cluster)
         if running is not None and not _started_with_our_config(cluster):
             # started by an older bqx (trust, no socket): restart it with this configuration
@@ -828,7 +839,7 @@ def start(cluster: EmbeddedCluster, *, database: str | None = DEFAULT_DATABASE) 
                     f"the server in {cluster.pgdata} already runs on port {port} (pid {pid}), not {cluster.port}: "
                     "stop it with `bqx db stop` or set BQX_PG_PORT to match"
                 )
-            if config_changed:
+            if _write_config(cluster, place):
                 _run(cluster, "pg_ctl", ["-D", str(cluster.pgdata), "reload"], account=place.account)
         else:
             if _port_in_use(cluster.port):
@@ -845,6 +856,7 @@ def start(cluster: EmbeddedCluster, *, database: str | None = DEFAULT_DATABASE) 
                      "--encoding=UTF8", "--locale=C", *(["--no-sync"] if cluster.throwaway else [])],
                     account=place.account,
                 )
+            _write_config(cluster, place)  # after initdb: not as root, it goes into the data directory
             _pg_ctl_start(cluster, place)
         _administer(cluster, place, database, password)
     return cluster.dsn(database or "postgres")
