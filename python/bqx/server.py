@@ -961,8 +961,25 @@ def create_database(admin_dsn: str, database: str) -> None:
 
 
 def drop_database(admin_dsn: str, database: str) -> None:
+    """Drop `database`, ending the sessions of the DSN's role in it.
+
+    WITH (FORCE) needs the right to signal every session there; an autovacuum worker (the
+    superuser's) is beyond a non-superuser role, but a plain DROP stops it by itself: that is
+    the fallback, retried while sessions close."""
+    name = psycopg.sql.Identifier(database)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("drop database if exists {} with (force)").format(psycopg.sql.Identifier(database)))
+        for attempt in range(40):
+            try:
+                conn.execute(psycopg.sql.SQL("drop database if exists {} with (force)").format(name))
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                try:
+                    conn.execute(psycopg.sql.SQL("drop database if exists {}").format(name))
+                    return
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 39:
+                        raise
+                    time.sleep(0.5)
 
 
 def with_database(dsn: str, database: str) -> str:
