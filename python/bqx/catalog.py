@@ -41,6 +41,7 @@ class FeatureColumn:
 class TargetColumn:
     column: str  # e.g. "target_bqx_h15" (marts.targets)
     horizon_bars: int  # H: uses bars t+1 .. t+H
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def _catalog(project_dir: Path, overrides: str, stamp: tuple[tuple[str, int], ..
     evaluated = call_macro("feature_catalog", project_dir=project_dir, vars=vars)
     return FeatureCatalog(
         features=tuple(_feature(entry) for entry in evaluated["features"]),
-        targets=tuple(TargetColumn(str(t["column"]), int(t["horizon_bars"])) for t in evaluated["targets"]),
+        targets=tuple(
+            TargetColumn(str(t["column"]), int(t["horizon_bars"]), str(t["description"])) for t in evaluated["targets"]
+        ),
         dbt_vars=vars,
     )
 

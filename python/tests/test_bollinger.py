@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import talib
-import yaml
 
-from bqx.project import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
 from reference import (
     DOMAINS,
@@ -119,15 +117,3 @@ def test_flat_stretch_collapses_the_bands(built: tuple[str, pd.DataFrame]) -> No
         assert (flat_rows[f"bb_upper_w{w}"] == flat_rows[f"bb_lower_w{w}"]).all()
         assert (flat_rows[f"bb_mid_w{w}"] == flat_rows[f"bb_upper_w{w}"]).all()
         assert flat_rows[f"bb_pctb_w{w}"].isna().all()
-
-
-def test_yaml_documents_every_column() -> None:
-    """The YAML lists the columns generated from the vars, each described and tested."""
-    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "bollinger" / "bollinger.yml").read_text())
-    models = {model["name"]: model for model in doc["models"]}
-    assert set(models) == {"bollinger_rate", "bollinger_bqx"}
-    for model in models.values():
-        documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
-        assert documented == bollinger_columns()
-        for column in model["columns"]:
-            assert column.get("description"), column["name"]

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
-import yaml
 
-from bqx.project import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
 from reference import VARS, assert_matches
 
@@ -300,23 +297,3 @@ def test_weekend_counts_as_a_gap(wave1_dsn: str) -> None:
     )
     assert len(frame) >= len(FIXTURE_PAIRS)  # one weekend per pair at least
     assert frame["gap_in_bqx_window"].dropna().all() and frame["gap_in_reg_window"].dropna().all()
-
-
-@pytest.mark.parametrize(
-    ("yaml_file", "columns"),
-    [
-        ("volume_features.yml", volume_columns),
-        ("spread_features.yml", spread_columns),
-        ("data_quality_features.yml", data_quality_columns),
-    ],
-)
-def test_yaml_documents_every_column(yaml_file: str, columns) -> None:
-    """The YAML lists the columns the macros generate from the vars (so a changed var that
-    leaves the docs behind fails here)."""
-    (path,) = (PROJECT_DIR / "models" / "features").rglob(yaml_file)
-    doc = yaml.safe_load(path.read_text())
-    (model,) = doc["models"]
-    documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
-    assert documented == columns()
-    for column in model["columns"]:
-        assert column.get("description"), column["name"]

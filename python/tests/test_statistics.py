@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from bqx.project import PROJECT_DIR
 from conftest import FLAT_BARS, FLAT_PAIR
 from reference import (
     DOMAINS,
@@ -101,15 +99,3 @@ def test_flat_stretch_gives_zero_std_and_null_skew_kurt(built: tuple[str, pd.Dat
         assert flat_rows[f"skew_w{w}"].isna().all() and flat_rows[f"kurt_w{w}"].isna().all()
         assert (flat_rows[f"min_w{w}"] == flat_rows[f"max_w{w}"]).all()
         assert np.allclose(flat_rows[f"mean_w{w}"], flat_rows[f"min_w{w}"], rtol=1e-15, atol=0)
-
-
-def test_yaml_documents_every_column() -> None:
-    """The YAML lists the columns generated from the vars, each described and tested."""
-    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "statistics" / "statistics.yml").read_text())
-    models = {model["name"]: model for model in doc["models"]}
-    assert set(models) == {"statistics_rate", "statistics_bqx"}
-    for model in models.values():
-        documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
-        assert documented == statistics_columns()
-        for column in model["columns"]:
-            assert column.get("description"), column["name"]
