@@ -80,14 +80,20 @@ def assert_windows_match(
 
 
 def assert_warm_up_then_values(
-    domain: str, merged: pd.DataFrame, windows: list[int], metrics: list[str], null_when_zero: dict[str, str]
+    domain: str,
+    merged: pd.DataFrame,
+    windows: list[int],
+    metrics: list[str],
+    null_when_zero: dict[str, str],
+    warmup_offset: int = -1,
 ) -> None:
-    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W - 1);
-    after it a metric may be NULL only where its `null_when_zero` column is exactly 0."""
+    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W +
+    warmup_offset: W - 1 for a window of W values); after it a metric may be NULL only where its
+    `null_when_zero` column is exactly 0."""
     for pair in FIXTURE_PAIRS:
         rows = merged[merged["pair"] == pair]
         for w in windows:
-            warmup = DOMAINS[domain] + w - 1
+            warmup = DOMAINS[domain] + w + warmup_offset
             for metric in metrics:
                 values = rows[f"{metric}_w{w}"].to_numpy()
                 assert np.isnan(values[:warmup]).all(), f"{domain} {pair} {metric}_w{w}: value in the warm-up"

@@ -106,3 +106,35 @@ def test_feature_column_is_the_interface() -> None:
         "model", "column", "matrix_column", "family", "domain", "warmup_bars", "null_allowed_when",
         "laggable", "description",
     ]  # fmt: skip
+
+
+def test_each_gap_flag_spans_the_longest_read_of_its_families() -> None:
+    """gap_in_<name>_window covers exactly the bars the longest feature of the families sharing
+    that window list reads on either domain: 1 + the largest warm-up among their columns (a value
+    at bar warm-up + 1 reads that many bars). volume_tod_ratio's days-long window is left out by
+    design (it always spans a weekend)."""
+    features = feature_catalog().features
+    flags = {f.column: f.warmup_bars for f in features if f.column.startswith("gap_in_")}
+    assert flags, "no gap flags"
+    families = {f.family for f in features}
+    registry = {entry["name"]: entry for entry in _registry()}
+    assert set(registry) == families
+    for name, span_warmup in flags.items():
+        gap_window = name.removeprefix("gap_in_").removesuffix("_window")
+        covered = [family for family, entry in registry.items() if entry["gap_window"] == gap_window]
+        longest = max(
+            f.warmup_bars
+            for f in features
+            if f.family in covered and not f.column.startswith("volume_tod_ratio_")
+        )
+        assert span_warmup == longest, (name, covered)
+    for family, entry in registry.items():  # a family with a finite window has its flag
+        assert (entry["gap_window"] is None) == (family in ("technical", "time", "data_quality")), family
+
+
+def _registry() -> list[dict]:
+    from bqx.macros import call_macro
+
+    return [
+        {"name": entry["name"], "gap_window": entry["gap_window"]} for entry in call_macro("feature_families")
+    ]

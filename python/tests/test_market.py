@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bqx.catalog import feature_catalog
 from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
 from reference import VARS, assert_matches
 
@@ -172,13 +173,12 @@ def data_quality_reference(bars: pd.DataFrame, spans: dict[str, int]) -> dict[st
 
 
 def gap_spans() -> dict[str, int]:
-    """Bars read by each window family's longest feature (see macros/features/data_quality.yml)."""
-    series = VARS["bqx_series_window"]
+    """Bars each gap flag covers, from the catalog (the registry's window spans: a flag's warm-up
+    is its span - 1); test_catalog checks the spans against the families' own warm-ups."""
     return {
-        "bqx": max(VARS["bqx_windows"]) + 1,
-        "reg": max(VARS["reg_windows"]) + series,
-        "bollinger": max(VARS["bollinger_windows"]) + series,
-        "rolling": max(VARS["rolling_windows"]) + series,
+        feature.column.removeprefix("gap_in_").removesuffix("_window"): feature.warmup_bars + 1
+        for feature in feature_catalog().features
+        if feature.family == "data_quality" and feature.column.startswith("gap_in_")
     }
 
 
