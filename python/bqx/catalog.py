@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bqx.macros import call_macro
-from bqx.project import DBT_PROJECT_FILE, PROJECT_DIR
+from bqx.project import DBT_PROJECT_FILE, PROJECT_DIR, dbt_vars
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class TargetColumn:
 class FeatureCatalog:
     features: tuple[FeatureColumn, ...]  # in feature_matrix column order
     targets: tuple[TargetColumn, ...]
-    dbt_vars: dict = field(hash=False, compare=False)  # the overrides it was generated with, over dbt_project.yml's
+    dbt_vars: dict = field(hash=False, compare=False)  # the vars it was generated with: dbt_project.yml's + overrides
 
     def by_matrix_column(self) -> dict[str, FeatureColumn]:
         return {feature.matrix_column: feature for feature in self.features}
@@ -90,7 +90,7 @@ def _catalog(project_dir: Path, overrides: str, stamp: tuple[tuple[str, int], ..
         targets=tuple(
             TargetColumn(str(t["column"]), int(t["horizon_bars"]), str(t["description"])) for t in evaluated["targets"]
         ),
-        dbt_vars=vars,
+        dbt_vars=dbt_vars(project_dir) | vars,
     )
 
 

@@ -69,23 +69,24 @@ def generated_files(project_dir: Path = PROJECT_DIR, vars: dict | None = None) -
 
 def stale_files(project_dir: Path = PROJECT_DIR, vars: dict | None = None) -> list[Path]:
     """The generated files whose committed text differs from what would be generated."""
-    stale = []
-    for file in generated_files(project_dir, vars):
-        target = project_dir / file.path
-        if not target.exists() or target.read_text() != file.text:
-            stale.append(file.path)
-    return stale
+    return [file.path for file in _differing(project_dir, vars)]
 
 
 def write_files(project_dir: Path = PROJECT_DIR, vars: dict | None = None) -> list[Path]:
     """Write every generated file that differs; returns those written."""
-    written = []
+    differing = _differing(project_dir, vars)
+    for file in differing:
+        (project_dir / file.path).write_text(file.text)
+    return [file.path for file in differing]
+
+
+def _differing(project_dir: Path, vars: dict | None) -> list[GeneratedFile]:
+    differing = []
     for file in generated_files(project_dir, vars):
         target = project_dir / file.path
         if not target.exists() or target.read_text() != file.text:
-            target.write_text(file.text)
-            written.append(file.path)
-    return written
+            differing.append(file)
+    return differing
 
 
 # --- the entries ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import re
 from bqx.catalog import FeatureColumn, feature_catalog
 from bqx.dbt import run_dbt
 from bqx.project import dbt_vars
-from conftest import query_frame
+from conftest import table_columns
 
 # a user's build with other windows: the catalog must follow (and dbt's evaluation too)
 OVERRIDES = {"reg_windows": [60, 120], "rolling_windows": [10, 20], "bqx_series_window": 30}
@@ -60,12 +60,7 @@ def test_catalog_equals_dbts_own_evaluation(wave1_dsn: str, tmp_path) -> None:
 
 
 def test_catalog_names_the_built_feature_matrix_columns_in_order(wave1_dsn: str) -> None:
-    columns = query_frame(
-        wave1_dsn,
-        "select column_name from information_schema.columns "
-        "where table_schema = 'marts' and table_name = 'feature_matrix' order by ordinal_position",
-    )["column_name"].tolist()
-    assert columns == ["pair", "ts_utc", *[f.matrix_column for f in feature_catalog().features]]
+    assert table_columns(wave1_dsn, "marts", "feature_matrix") == ["pair", "ts_utc", *[f.matrix_column for f in feature_catalog().features]]
 
 
 def test_catalog_follows_the_vars() -> None:
@@ -81,6 +76,7 @@ def test_catalog_follows_the_vars() -> None:
     # the gap flag of the regression family spans its longest read: max(reg_windows) + series
     assert by_name["gap_in_reg_window"].warmup_bars == 120 + series - 1
     assert feature_catalog(vars=OVERRIDES) is changed  # evaluated once per vars
+    assert changed.dbt_vars == dbt_vars() | OVERRIDES and default.dbt_vars == dbt_vars()
 
 
 def test_catalog_facts() -> None:

@@ -17,7 +17,7 @@ from bqx.docs import generated_files, stale_files, write_files
 from bqx.generate import generate_bars
 from bqx.load import load_frame
 from bqx.project import DBT_PROJECT_FILE, PROJECT_DIR
-from conftest import FIXTURE_PAIRS, query_frame
+from conftest import FIXTURE_PAIRS, table_columns
 
 
 def test_committed_yaml_is_what_the_registry_generates() -> None:
@@ -86,11 +86,7 @@ def test_a_new_window_needs_regenerated_yaml_then_builds_with_docs_and_warmup_ch
     done = run_dbt(["build", "--select", "+reg_rate"], dsn, project_dir=project, target_path=target, capture=True)
     assert done.returncode == 0, done.stdout[-6000:]
 
-    built = query_frame(
-        dsn,
-        "select column_name from information_schema.columns "
-        "where table_schema = 'features' and table_name = 'reg_rate'",
-    )["column_name"].tolist()
+    built = table_columns(dsn, "features", "reg_rate")
     assert f"reg_a_w{NEW_WINDOW}" in built and f"reg_endpoint_w{NEW_WINDOW}" in built
     manifest = json.loads((target / "manifest.json").read_text())
     model = manifest["nodes"]["model.bqx_feature_store.reg_rate"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from bqx.catalog import feature_catalog
-from conftest import FLAT_BARS, FLAT_PAIR, query_frame
-from reference import DOMAINS, VARS, assert_warm_up_then_values, assert_windows_match, flat_windows, model_with_series
+from conftest import table_columns
+from reference import DOMAINS, VARS, complete_windows, flat_window_rows
+from reference import assert_every_window_matches, assert_warm_up_then_values, domain_model_fixture
 
 WINDOWS: list[int] = VARS["volatility_windows"]
 METRICS = ["ret", "rvol", "bpvol", "er"]
@@ -37,15 +37,7 @@ def one_bar_returns(y: np.ndarray, domain: str) -> np.ndarray:
 
 def volatility_reference(y: np.ndarray, w: int, domain: str) -> dict[str, np.ndarray]:
     """The four columns of every window of w returns ending at t (NaN where not all w exist)."""
-    n = len(y)
-    out = {metric: np.full(n, np.nan) for metric in METRICS}
-    r = one_bar_returns(y, domain)
-    if n <= w:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(r, w)  # row i: r[i .. i+w-1], ends at t = i+w-1
-    complete = ~np.isnan(windows).any(axis=1)
-    rows = np.flatnonzero(complete) + w - 1
-    values = windows[complete]
+    out, values, rows = complete_windows(one_bar_returns(y, domain), w, METRICS)  # returns r[t-w+1 .. t]
     magnitude = np.abs(values)
     path = magnitude.sum(axis=1)
     start = y[rows - w]
@@ -58,19 +50,11 @@ def volatility_reference(y: np.ndarray, w: int, domain: str) -> dict[str, np.nda
     return out
 
 
-@pytest.fixture(scope="module", params=list(DOMAINS))
-def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataFrame]:
-    """(domain, the model's rows joined to its input series y)."""
-    domain = request.param
-    return domain, model_with_series(wave1_dsn, f"volatility_{domain}", domain, volatility_columns())
+built = domain_model_fixture("volatility", volatility_columns)
 
 
 def test_every_window_matches_numpy(built: tuple[str, pd.DataFrame]) -> None:
-    domain, merged = built
-    worst = assert_windows_match(
-        f"volatility_{domain}", merged, WINDOWS, METRICS, lambda y, w: volatility_reference(y, w, domain)
-    )
-    print(f"volatility_{domain}: max error / column max per metric {worst}")
+    assert_every_window_matches("volatility", built, WINDOWS, METRICS, volatility_reference)
 
 
 def test_warm_up_is_the_catalogs_then_values(built: tuple[str, pd.DataFrame]) -> None:
@@ -87,18 +71,10 @@ def test_warm_up_is_the_catalogs_then_values(built: tuple[str, pd.DataFrame]) ->
 def test_flat_stretch_gives_exact_zeros_and_no_efficiency(built: tuple[str, pd.DataFrame]) -> None:
     """The fixture's constant prices: every return 0, so rvol = bpvol = ret = 0 exactly and er
     NULL (no path to be efficient on), never an error."""
-    domain, merged = built
-    rows = merged[merged["pair"] == FLAT_PAIR]
-    y = rows["y"].to_numpy()
     tested = 0
-    for w in WINDOWS:
-        flat = flat_windows(y, w + 1)  # W returns read W + 1 values
-        if FLAT_BARS - DOMAINS[domain] <= w:
-            continue  # no window of this length fits in the stretch
-        assert flat.sum() >= FLAT_BARS - DOMAINS[domain] - w, f"{domain} w{w}: flat windows missing"
-        flat_rows = rows[flat]
+    for w, flat_rows in flat_window_rows(built, WINDOWS, values_per_window=lambda w: w + 1):  # W + 1 values
         for metric in ("ret", "rvol", "bpvol"):
-            assert (flat_rows[f"{metric}_w{w}"] == 0).all(), (domain, metric, w)
+            assert (flat_rows[f"{metric}_w{w}"] == 0).all(), (metric, w)
         assert flat_rows[f"er_w{w}"].isna().all()
         tested += 1
     assert tested >= 2
@@ -106,10 +82,4 @@ def test_flat_stretch_gives_exact_zeros_and_no_efficiency(built: tuple[str, pd.D
 
 def test_columns_follow_the_vars(wave1_dsn: str) -> None:
     for domain in DOMAINS:
-        names = query_frame(
-            wave1_dsn,
-            "select column_name from information_schema.columns "
-            "where table_schema = 'features' and table_name = %s order by ordinal_position",
-            (f"volatility_{domain}",),
-        )["column_name"].tolist()
-        assert names == ["pair", "ts_utc", *volatility_columns()]
+        assert table_columns(wave1_dsn, "features", f"volatility_{domain}") == ["pair", "ts_utc", *volatility_columns()]
