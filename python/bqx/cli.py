@@ -130,6 +130,20 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return subprocess.run([str(sqlfluff), *lint_arguments(args.extra)], cwd=PROJECT_DIR, env=env, check=False).returncode
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    """The models' YAML from the registry and the vars: write it, or with --check say what differs."""
+    from bqx.docs import stale_files, write_files
+
+    if args.check:
+        stale = stale_files(PROJECT_DIR)
+        for path in stale:
+            print(f"{path}: differs from what `bqx docs generate-yaml` writes")
+        return 1 if stale else 0
+    for path in write_files(PROJECT_DIR):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from bqx.status import coverage, format_coverage
 
@@ -200,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sqlfluff lint (dbt templater) against the configured server [any sqlfluff lint option or path]",
     )
     lint.set_defaults(func=cmd_lint)
+
+    docs = sub.add_parser("docs", help="documentation generated from the feature registry")
+    docs_sub = docs.add_subparsers(dest="docs_command", required=True)
+    generate_yaml = docs_sub.add_parser(
+        "generate-yaml", help="write the feature models', feature_matrix's and targets' YAML from the registry"
+    )
+    generate_yaml.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    generate_yaml.set_defaults(func=cmd_docs)
 
     status = sub.add_parser("status", help="rows per pair × month for the source and every model")
     status.set_defaults(func=cmd_status)

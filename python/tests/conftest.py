@@ -83,6 +83,16 @@ def query_frame(dsn: str, sql: str, params: tuple | None = None) -> pd.DataFrame
         return pd.DataFrame(cur.fetchall(), columns=columns)
 
 
+def table_columns(dsn: str, schema: str, table: str) -> list[str]:
+    """A table's (or view's) columns in their order."""
+    return query_frame(
+        dsn,
+        "select column_name from information_schema.columns "
+        "where table_schema = %s and table_name = %s order by ordinal_position",
+        (schema, table),
+    )["column_name"].tolist()
+
+
 # The small fixture every feature test reads: 4 pairs (a cross and its legs) over two weeks
 # around the default baseline date, with the awkward cases real data has.
 FIXTURE_PAIRS = ("EURUSD", "USDJPY", "EURJPY", "GBPUSD")
