@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,20 @@ class RetrievalSummary:
 
 
 # ------------------------------------------------------------------------------------- events
+
+_DURATION_UNITS = {
+    "us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90s', '5min', '5 minutes', '2h', '1d' -> a timedelta."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-z]+)\s*", text.lower())
+    if not found or found.group(2) not in _DURATION_UNITS:
+        raise RetrievalError(f"not a duration: {text!r} (write e.g. 90s, 5min, 2h)")
+    return dt.timedelta(seconds=float(found.group(1)) * _DURATION_UNITS[found.group(2)])
 
 
 def event_table(events: pd.DataFrame | pa.Table) -> pa.Table:
@@ -316,9 +331,13 @@ def write_as_of(
                 writer = pq.ParquetWriter(partial, joined.schema, compression="zstd")
             writer.write_table(joined)
             summary.add(joined)
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
+        partial.unlink(missing_ok=True)  # a half-written result is never left behind
+        raise
+    if writer is not None:  # as_of_batches yields at least one chunk: no events, an empty file
+        writer.close()
     partial.replace(out_path)
     return summary
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -193,3 +194,51 @@ def test_moving_a_bar_changes_no_earlier_event(
         assert np.array_equal(a[earlier], b[earlier], equal_nan=True), f"{column} of an earlier event moved"
     later_differs = ~np.isclose(original["bqx_reg_a_w60"], moved["bqx_reg_a_w60"], rtol=0, atol=0, equal_nan=True)
     assert later_differs[~earlier].any() and not later_differs[earlier].any()
+
+
+def test_features_latest_is_each_pairs_newest_built_row(wave1_dsn: str, fixture_features: pd.DataFrame) -> None:
+    latest = query_frame(
+        wave1_dsn, f"select pair, ts_utc, known_at, age, {', '.join(COLUMNS)} from marts.features_latest order by pair"
+    )
+    newest = fixture_features.sort_values("ts_utc").groupby("pair").tail(1).sort_values("pair").reset_index(drop=True)
+    assert latest["pair"].tolist() == newest["pair"].tolist() == sorted(FIXTURE_PAIRS)
+    assert (pd.to_datetime(latest["ts_utc"], utc=True) == newest["ts_utc"]).all()
+    assert (pd.to_datetime(latest["known_at"], utc=True) == newest["ts_utc"] + MINUTE).all()
+    assert (pd.to_timedelta(latest["age"]) > pd.Timedelta(0)).all()
+    for column in COLUMNS:
+        assert np.array_equal(pd.to_numeric(latest[column]).to_numpy(float), newest[column].to_numpy(float), equal_nan=True)
+
+
+def test_a_pair_behind_in_one_model_shows_its_last_row_built_everywhere(wave1_dsn: str, fixture_features: pd.DataFrame) -> None:
+    """features_latest never shows a row one feature model lacks (checked in a rolled-back transaction)."""
+    eurusd = fixture_features[fixture_features["pair"] == "EURUSD"]
+    cut = eurusd["ts_utc"].iloc[-30]
+    with psycopg.connect(wave1_dsn) as conn:
+        conn.execute("delete from features.reg_bqx where pair = 'EURUSD' and ts_utc > %s", (cut,))
+        row = conn.execute("select ts_utc, bqx_reg_a_w60 from marts.features_latest where pair = 'EURUSD'").fetchone()
+        conn.rollback()
+    assert row[0] == cut.to_pydatetime()
+    assert row[1] == eurusd["bqx_reg_a_w60"].iloc[-30]
+
+
+def test_bqx_features_writes_the_joined_events(tmp_path: Path, wave1_dsn: str, fixture_features: pd.DataFrame) -> None:
+    """`bqx features --events FILE --out FILE` as a user runs it: the same rows as as_of, and a
+    bad events file is a one-line error naming it (exit 2), with no output left behind."""
+    from test_cli import bqx_env, run_bqx
+
+    env = bqx_env(tmp_path, wave1_dsn)
+    events = _events(fixture_features, seed=5)
+    events_path, out = tmp_path / "events.parquet", tmp_path / "joined.parquet"
+    events.to_parquet(events_path)
+    done = run_bqx(["features", "--events", str(events_path), "--out", str(out), "--columns", *COLUMNS, "--max-age", "5min"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "events" in done.stdout and "with features" in done.stdout
+    _assert_equal(pd.read_parquet(out), reference(events, fixture_features))
+
+    unknown = events.assign(pair=events["pair"].where(events.index != 3, "EURXXX"))
+    unknown.to_parquet(events_path)
+    bad_out = tmp_path / "bad.parquet"
+    done = run_bqx(["features", "--events", str(events_path), "--out", str(bad_out)], env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "EURXXX" in done.stderr
+    assert not bad_out.exists() and not list(tmp_path.glob(".bad.parquet*"))
