@@ -66,11 +66,11 @@ class BenchDatabase:
         return elapsed
 
 
-def generate_month(pairs: list[str] | None = None) -> pd.DataFrame:
-    """The benchmark's bars: every pair (or `pairs`) over BENCH_START .. BENCH_END."""
+def generate_month(pairs: list[str] | None = None, end: dt.date = BENCH_END) -> pd.DataFrame:
+    """The benchmark's bars: every pair (or `pairs`) over BENCH_START .. BENCH_END (or `end`)."""
     from bqx.generate import PAIRS, generate_bars
 
-    return generate_bars(BENCH_START, BENCH_END, list(pairs or PAIRS))
+    return generate_bars(BENCH_START, end, list(pairs or PAIRS))
 
 
 def load_bars(dsn: str, bars: pd.DataFrame) -> None:
@@ -107,8 +107,11 @@ def machine_info() -> dict[str, str]:
 
 
 @contextmanager
-def bench_database(purpose: str = "bench", pairs: list[str] | None = None) -> Iterator[BenchDatabase]:
-    """A throw-away database with 28 pairs × 1 month of generated bars and staging built."""
+def bench_database(
+    purpose: str = "bench", pairs: list[str] | None = None, end: dt.date = BENCH_END
+) -> Iterator[BenchDatabase]:
+    """A throw-away database with 28 pairs × 1 month of generated bars (or up to `end`, a size
+    its benchmark's notes then state: results.md's header names the common size) and staging built."""
     with tempfile.TemporaryDirectory(prefix=f"bqx_{purpose}_") as tmp:
         home = Path(tmp)
         database = f"bqx_{purpose}_{uuid.uuid4().hex[:8]}"
@@ -116,7 +119,7 @@ def bench_database(purpose: str = "bench", pairs: list[str] | None = None) -> It
             server.create_database(admin_dsn, database)
             try:
                 dsn = server.with_database(admin_dsn, database)
-                bars = generate_month(pairs)
+                bars = generate_month(pairs, end)
                 load_bars(dsn, bars)
                 bench = BenchDatabase(dsn=dsn, rows=0, pairs=int(bars["pair"].nunique()), target_path=home / "target")
                 bench.dbt("run", "--select", "path:models/staging")
@@ -124,7 +127,8 @@ def bench_database(purpose: str = "bench", pairs: list[str] | None = None) -> It
                     conn.execute("analyze staging.m1_index")
                     rows = int(conn.execute("select count(*) from staging.m1_index").fetchone()[0])
                 bench = BenchDatabase(dsn=dsn, rows=rows, pairs=bench.pairs, target_path=bench.target_path)
-                _write_environment(bench)
+                if end == BENCH_END:
+                    _write_environment(bench)
                 yield bench
             finally:
                 server.drop_database(admin_dsn, database)

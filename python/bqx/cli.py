@@ -151,6 +151,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """`bqx features`: point-in-time retrieval of the features known at each event of a file."""
+    from bqx.features import AsOfOptions, RetrievalError, parse_duration, write_as_of
+
+    try:
+        options = AsOfOptions(
+            columns=tuple(args.columns) if args.columns else None,
+            max_age=parse_duration(args.max_age),
+            method=args.method,
+            chunk_rows=args.chunk_rows,
+        )
+        summary = write_as_of(Path(args.events), Path(args.out), options, dsn=server.ensure_server(PROJECT_DIR))
+    except RetrievalError as err:
+        print(f"bqx features: {_one_line(err)}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {summary.describe()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bqx", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,6 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="rows per pair × month for the source and every model")
     status.set_defaults(func=cmd_status)
+
+    from bqx.features import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_AGE, METHODS
+
+    features = sub.add_parser(
+        "features",
+        help="the features known at each event of a file (point in time)",
+        description="Point-in-time retrieval: for each event (pair, event_time) of --events, the features of\n"
+        "the pair's last bar closed at or before event_time (a bar opening at t closes at t + 1 minute),\n"
+        "NULL with a reason when that bar is older than --max-age. Every column of the events is kept,\n"
+        "in the file's order. event_time must carry a time zone.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    features.add_argument("--events", required=True, help="Parquet (or CSV) file with columns pair and event_time")
+    features.add_argument("--out", required=True, help="Parquet file to write (appears only when complete)")
+    features.add_argument(
+        "--columns", nargs="+", default=None, help="feature_matrix columns to return (default: every feature)"
+    )
+    features.add_argument(
+        "--max-age",
+        default=f"{int(DEFAULT_MAX_AGE.total_seconds() // 60)}min",
+        help="oldest bar still served, e.g. 90s, 5min, 2h (default %(default)s; inclusive)",
+    )
+    features.add_argument(
+        "--method", default="auto", choices=METHODS, help="how events find their bar (default: by their number)"
+    )
+    features.add_argument(
+        "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="events per round trip (default %(default)s)"
+    )
+    features.set_defaults(func=cmd_features)
     return parser
 
 

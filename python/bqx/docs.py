@@ -1,4 +1,4 @@
-"""`bqx docs generate-yaml`: the YAML of every feature model, of feature_matrix and of targets,
+"""`bqx docs generate-yaml`: the YAML of every feature model, of feature_matrix, features_latest and targets,
 written from the registry (`feature_families()`), the column specs and the dbt vars.
 
 dbt's YAML cannot loop, so it is generated: one entry per column with its description (formula,
@@ -60,6 +60,8 @@ def generated_files(project_dir: Path = PROJECT_DIR, vars: dict | None = None) -
     marts = _model_folder(project_dir, "feature_matrix")
     _require_docs_block(project_dir, marts / "feature_matrix.md", "feature_matrix")
     generated.append(GeneratedFile(marts / "feature_matrix.yml", _document([_feature_matrix_entry(catalog)])))
+    _require_docs_block(project_dir, marts / "features_latest.md", "features_latest")
+    generated.append(GeneratedFile(marts / "features_latest.yml", _document([_features_latest_entry(catalog)])))
     _require_docs_block(project_dir, marts / "targets.md", "targets")
     generated.append(GeneratedFile(marts / "targets.yml", _document([_targets_entry(catalog.targets)])))
     for file in generated:
@@ -129,6 +131,37 @@ def _feature_matrix_entry(catalog: FeatureCatalog) -> list[str]:
         "      - name: ts_utc",
         "        description: Bar open time (UTC); every feature in the row is known at ts_utc + 1 minute.",
     ]
+    return lines + _matrix_feature_columns(catalog)
+
+
+def _features_latest_entry(catalog: FeatureCatalog) -> list[str]:
+    lines = [
+        "  - name: features_latest",
+        "    description: \"{{ doc('features_latest') }}\"",
+        "    data_tests:",
+        "      - unique_combination_of_columns:",
+        "          arguments:",
+        "            combination_of_columns: [pair]",
+        "    columns:",
+        "      - name: pair",
+        "        description: Pair code; one row per pair that every feature model has built.",
+        "        data_tests: [not_null]",
+        "      - name: ts_utc",
+        "        description: >",
+        "          Open time (UTC) of the pair's newest bar that every feature model holds (the least of",
+        "          the models' newest rows).",
+        "        data_tests: [not_null]",
+        "      - name: known_at",
+        "        description: ts_utc + 1 minute, the bar's close, when its features became known.",
+        "      - name: age",
+        "        description: statement_timestamp() - known_at (interval), how old the row is when read.",
+    ]
+    return lines + _matrix_feature_columns(catalog)
+
+
+def _matrix_feature_columns(catalog: FeatureCatalog) -> list[str]:
+    """Every feature under its feature_matrix name, described as its model's column."""
+    lines = []
     for feature in catalog.features:
         lagged = "" if feature.laggable else " Not laggable."
         lines += _column(feature.matrix_column, f"{feature.model}.{feature.column}:{lagged} {feature.description}")

@@ -1,0 +1,281 @@
+{#-
+    Point-in-time retrieval: the features known at each event. Documented in
+    macros/retrieval/retrieval.yml; the Python side is python/bqx/features.py.
+
+    Semantics. A bar with open time ts_utc is known from ts_utc + 1 minute (its close). For an
+    event (pair, event_time) the features are those of the last bar with
+    ts_utc + 1 minute <= event_time, among the bars every feature model has built
+    (built_through_per_pair); its age is event_time - (ts_utc + 1 minute); older than max_age
+    (inclusive: an age of exactly max_age is kept) the features are NULL and
+    feature_missing_reason says why:
+      before_first_bar  the pair has no bar known at event_time (or no bar at all)
+      stale             the newest known bar is older than max_age (every weekend event)
+      not_built         a bar within max_age exists in staging.m1_index but the feature models
+                        have not built it yet (run `bqx build`)
+    A pair outside var('pairs') is an error of the caller (python/bqx/features.py refuses it
+    before it reaches SQL).
+-#}
+
+
+{#- The SELECT giving every column of `events_relation` (a relation or CTE name with `pair` text
+    and `event_time` timestamptz, any other columns passed through), then feature_ts_utc,
+    feature_age, feature_missing_reason and the feature_matrix columns `columns` (default: all),
+    one row per event row (duplicated events stay duplicated), in no particular order.
+
+    method (how each event finds its bar; the result is the same):
+      'window'  a merge of the events with the bars of their pairs and time range (from the
+                first event less max_age), sorted together per pair: one running max over the
+                union gives each event its bar. O((events + bars in range) log), whatever
+                the events' spread: the choice for many events.
+      'index'   per event, a probe of the bar opening at the minute before the event's minute (a
+                hash or nested-loop join on the unique (pair, ts_utc) index: most events of a
+                trading week hit it). O(events log bars): the choice for few events.
+    Either way an event left without a bar (in a gap, or before the window's range) walks back
+    m1_index's (pair, ts_utc) index to the newest earlier bar (LATERAL ... limit 1), so its age is
+    reported and `before_first_bar` means exactly that.
+    python/bqx/features.py picks by the number of events (measured: bench/bench_retrieval.py). -#}
+{% macro features_as_of(events_relation, columns=none, max_age=none, method='window') -%}
+{%- set max_age = max_age if max_age is not none else var('as_of_max_age') -%}
+{%- set selected = feature_matrix_columns(columns) -%}
+{%- if method not in ('window', 'index') -%}
+    {{ exceptions.raise_compiler_error("features_as_of: method must be 'window' or 'index', not '" ~ method ~ "'") }}
+{%- endif -%}
+with as_of_events as (
+    -- the event's row as it came (a composite, expanded at the end), numbered once
+    select
+        events as event_row,
+        events.pair,
+        events.event_time,
+        events.event_time - interval '1 minute' as cutoff_ts,
+        row_number() over () as event_number
+    from {{ events_relation }} as events
+),
+
+as_of_frontier as (
+    -- per pair of the events: the last bar every feature model has built
+    {{ built_through_per_pair('select distinct as_of_events.pair from as_of_events') }}
+),
+{%- if method == 'window' %}
+
+as_of_event_ranges as (
+    select
+        as_of_events.pair,
+        min(as_of_events.cutoff_ts) - interval '{{ max_age }}' as first_cutoff_ts,
+        max(as_of_events.cutoff_ts) as last_cutoff_ts
+    from as_of_events
+    group by as_of_events.pair
+),
+
+as_of_timeline as (
+    -- the events and the bars of their pair and time range as one sequence per pair; at an
+    -- equal instant a bar (kind 0) sorts before an event (kind 1): a bar opening at the
+    -- event's cutoff closes exactly at the event, so it is known
+    select
+        bars.pair,
+        bars.ts_utc as instant,
+        0 as kind,
+        bars.ts_utc as bar_ts,
+        null::bigint as event_number
+    from as_of_event_ranges
+    inner join {{ ref('m1_index') }} as bars
+        on
+            as_of_event_ranges.pair = bars.pair
+            and bars.ts_utc >= as_of_event_ranges.first_cutoff_ts
+            and bars.ts_utc <= as_of_event_ranges.last_cutoff_ts
+    union all
+    select
+        as_of_events.pair,
+        as_of_events.cutoff_ts as instant,
+        1 as kind,
+        null::timestamptz as bar_ts,
+        as_of_events.event_number
+    from as_of_events
+),
+
+as_of_located as (
+    -- each event's newest bar so far: a running max over its pair's sequence
+    select
+        as_of_timeline.kind,
+        as_of_timeline.event_number,
+        max(as_of_timeline.bar_ts) over timeline_so_far as found_bar_ts
+    from as_of_timeline
+    window timeline_so_far as (
+        partition by as_of_timeline.pair order by as_of_timeline.instant, as_of_timeline.kind
+        rows unbounded preceding
+    )
+),
+
+as_of_found as (
+    -- the newest bar of the range known at each event (NULL: none in the range)
+    select
+        as_of_events.event_row,
+        as_of_events.pair,
+        as_of_events.event_time,
+        as_of_events.cutoff_ts,
+        as_of_located.found_bar_ts
+    from as_of_events
+    inner join as_of_located
+        on as_of_events.event_number = as_of_located.event_number
+    where as_of_located.kind = 1
+),
+{%- else %}
+
+as_of_found as (
+    -- the bar opening at the cutoff's minute, when there is one (most events of a trading week)
+    select
+        as_of_events.event_row,
+        as_of_events.pair,
+        as_of_events.event_time,
+        as_of_events.cutoff_ts,
+        same_minute.ts_utc as found_bar_ts
+    from as_of_events
+    left join {{ ref('m1_index') }} as same_minute
+        on
+            as_of_events.pair = same_minute.pair
+            and (date_trunc('minute', as_of_events.cutoff_ts at time zone 'UTC') at time zone 'UTC')
+            = same_minute.ts_utc
+),
+{%- endif %}
+
+as_of_matched as (
+    -- where nothing was found, a backward walk of m1_index's (pair, ts_utc) index finds the
+    -- newest earlier bar (it is older than max_age: its age is reported; or there is none)
+    select
+        as_of_found.event_row,
+        as_of_found.pair,
+        as_of_found.event_time,
+        coalesce(as_of_found.found_bar_ts, walked_back.ts_utc) as source_bar_ts
+    from as_of_found
+    left join lateral (
+        select bars.ts_utc
+        from {{ ref('m1_index') }} as bars
+        where
+            as_of_found.found_bar_ts is null
+            and bars.pair = as_of_found.pair
+            and bars.ts_utc <= as_of_found.cutoff_ts
+        order by bars.ts_utc desc
+        limit 1
+    ) as walked_back on true
+),
+
+as_of_bars as (
+    -- the bar whose features each event gets (feature_ts_utc NULL: none), and why not
+    select
+        as_of_matched.event_row,
+        as_of_matched.pair,
+        as_of_matched.event_time - (as_of_matched.source_bar_ts + interval '1 minute') as feature_age,
+        case
+            when as_of_matched.source_bar_ts is null then 'before_first_bar'
+            when
+                as_of_matched.event_time - (as_of_matched.source_bar_ts + interval '1 minute')
+                > interval '{{ max_age }}'
+                then 'stale'
+            when
+                as_of_frontier.built_through_ts is null
+                or as_of_matched.source_bar_ts > as_of_frontier.built_through_ts
+                then 'not_built'
+        end as feature_missing_reason,
+        as_of_matched.source_bar_ts
+    from as_of_matched
+    left join as_of_frontier
+        on as_of_matched.pair = as_of_frontier.pair
+),
+
+as_of_feature_keys as (
+    select
+        as_of_bars.event_row,
+        as_of_bars.pair,
+        as_of_bars.feature_age,
+        as_of_bars.feature_missing_reason,
+        case when as_of_bars.feature_missing_reason is null then as_of_bars.source_bar_ts end as feature_ts_utc
+    from as_of_bars
+)
+
+{{ select_with_features(
+    [
+        '(as_of_feature_keys.event_row).*',
+        'as_of_feature_keys.feature_ts_utc',
+        'as_of_feature_keys.feature_age',
+        'as_of_feature_keys.feature_missing_reason',
+    ],
+    'as_of_feature_keys', 'feature_ts_utc', selected,
+) }}
+{%- endmacro %}
+
+
+{#- `select <leading>, <the selected feature columns> from <keys>` joined with each feature model
+    holding a selected column on (pair, <keys>.<ts_column>): left joins on the models' unique
+    (pair, ts_utc) index, so a key without a feature row gives NULLs. -#}
+{% macro select_with_features(leading, keys, ts_column, selected) -%}
+select
+    {{ leading | join(',\n    ') }}
+    {%- for column in selected %},
+    {{ column.model }}.{{ column.column }} as {{ column.matrix_column }}
+    {%- endfor %}
+from {{ keys }}
+{%- for model in selected | map(attribute='model') | unique %}
+left join {{ ref(model) }} as {{ model }}
+    on
+        {{ keys }}.pair = {{ model }}.pair
+        and {{ keys }}.{{ ts_column }} = {{ model }}.ts_utc
+{%- endfor %}
+{%- endmacro %}
+
+
+{#- The feature_matrix columns to retrieve, as (model, column, matrix_column) in feature_matrix's
+    order: `columns` (matrix names; an unknown one is an error naming it) or every column. -#}
+{% macro feature_matrix_columns(columns=none) -%}
+    {%- set known = [] -%}
+    {%- for entry in feature_models() -%}
+        {%- for column in entry.column_names() -%}
+            {%- do known.append({'model': entry.model, 'column': column, 'matrix_column': entry.prefix ~ column}) -%}
+        {%- endfor -%}
+    {%- endfor -%}
+    {%- if columns is none -%}
+        {{ return(known) }}
+    {%- endif -%}
+    {%- set by_name = {} -%}
+    {%- for column in known -%}
+        {%- do by_name.update({column.matrix_column: column}) -%}
+    {%- endfor -%}
+    {%- set chosen = [] -%}
+    {%- for name in columns -%}
+        {%- if name not in by_name -%}
+            {{ exceptions.raise_compiler_error("features_as_of: '" ~ name ~ "' is not a column of feature_matrix") }}
+        {%- endif -%}
+        {%- do chosen.append(by_name[name]) -%}
+    {%- endfor -%}
+    {{ return(chosen) }}
+{%- endmacro %}
+
+
+{#- Per pair of `pairs_query` (a query returning a column `pair`): built_through_ts, the last bar
+    that EVERY feature model holds (the smallest of the models' newest rows; NULL when a model holds
+    none of the pair): one backward index step per pair and model, no scan. -#}
+{% macro built_through_per_pair(pairs_query) -%}
+{%- set models = feature_models() | map(attribute='model') | list -%}
+select
+    wanted_pairs.pair,
+    case
+        when num_nulls(
+            {%- for model in models %}
+            newest_rows.{{ model }}_ts{{ "," if not loop.last }}
+            {%- endfor %}
+        ) = 0
+            then least(
+                {%- for model in models %}
+                newest_rows.{{ model }}_ts{{ "," if not loop.last }}
+                {%- endfor %}
+            )
+    end as built_through_ts
+from ({{ pairs_query }}) as wanted_pairs
+cross join lateral (
+    select
+        {%- for model in models %}
+        (
+            select max(built.ts_utc) from {{ ref(model) }} as built
+            where built.pair = wanted_pairs.pair
+        ) as {{ model }}_ts{{ "," if not loop.last }}
+        {%- endfor %}
+) as newest_rows
+{%- endmacro %}

@@ -1,0 +1,355 @@
+"""Point-in-time retrieval: the features known at each event (`bqx features`, `as_of`).
+
+A bar with open time ts_utc is known from ts_utc + 1 minute (its close). For an event
+(pair, event_time) the features are those of the last bar with ts_utc + 1 minute <= event_time;
+its age is event_time - (ts_utc + 1 minute); older than `max_age` (inclusive: exactly max_age is
+kept; default 5 minutes) the features are NULL and `feature_missing_reason` says why
+(`stale`, `before_first_bar`, `not_built`). A pair that is not one of the 28 is an error, and so
+is a naive `event_time` (which clock would it be?).
+
+How: the events' keys (pair, event_time and their position) go to the server by binary COPY into
+a temporary table (ADBC's bulk ingest), the dbt macro `features_as_of` (macros/retrieval/, the one
+definition of the semantics, compiled once per set of arguments and cached) joins them with the
+feature tables, and the result comes back as Arrow (ADBC reads the binary COPY in C). Every other
+column of the events stays on the client and is put back beside its row, in the input's order.
+Events are processed in chunks of `chunk_rows` in their input order, so memory stays bounded
+and `write_as_of` streams to Parquet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bqx.pairs import PAIRS
+from bqx.project import PROJECT_DIR
+
+if TYPE_CHECKING:  # imported where used: pandas costs half a second at start-up
+    import pandas as pd
+
+DEFAULT_MAX_AGE = dt.timedelta(minutes=5)
+EVENTS_TABLE = "bqx_as_of_events"  # a temporary table of the retrieval's session
+KEY_COLUMNS = ("pair", "event_time")
+RESULT_COLUMNS = ("feature_ts_utc", "feature_age", "feature_missing_reason")
+ORDINAL = "bqx_event_ordinal"  # the event's position in the input, sent with its keys
+# Up to this many events per chunk the index walk ('index') beats sorting the events with the
+# bars of their range ('window'): measured by bench/bench_retrieval.py (README, Point in time).
+INDEX_METHOD_MAX_EVENTS = 20_000
+DEFAULT_CHUNK_ROWS = 500_000
+METHODS = ("auto", "window", "index")
+
+
+class RetrievalError(ValueError):
+    """Bad events or options; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class AsOfOptions:
+    """What to retrieve and how (one home for the defaults of the API and the command line)."""
+
+    columns: tuple[str, ...] | None = None  # feature_matrix columns; None = every one
+    max_age: dt.timedelta = DEFAULT_MAX_AGE
+    method: str = "auto"  # 'window', 'index', or by the number of events
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RetrievalError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.max_age < dt.timedelta(0):
+            raise RetrievalError(f"max_age must not be negative, got {self.max_age}")
+        if self.chunk_rows < 1:
+            raise RetrievalError("chunk_rows must be at least 1")
+
+    def method_for(self, events: int) -> str:
+        if self.method != "auto":
+            return self.method
+        return "index" if events <= INDEX_METHOD_MAX_EVENTS else "window"
+
+
+@dataclass
+class RetrievalSummary:
+    """What a retrieval returned: counts per missing reason, for the command line."""
+
+    events: int = 0
+    with_features: int = 0
+    missing: dict[str, int] = field(default_factory=dict)
+
+    def add(self, batch: pa.Table) -> None:
+        self.events += batch.num_rows
+        reasons = batch.column("feature_missing_reason")
+        self.with_features += reasons.null_count
+        counts = pc.value_counts(reasons.drop_null()) if reasons.null_count < len(reasons) else []
+        for item in counts:
+            name = item["values"].as_py()
+            self.missing[name] = self.missing.get(name, 0) + item["counts"].as_py()
+
+    def describe(self) -> str:
+        parts = [f"{self.events:,} events, {self.with_features:,} with features"]
+        parts += [f"{count:,} {reason}" for reason, count in sorted(self.missing.items())]
+        return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------- events
+
+_DURATION_UNITS = {
+    "us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90s', '5min', '5 minutes', '2h', '1d' -> a timedelta."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-z]+)\s*", text.lower())
+    if not found or found.group(2) not in _DURATION_UNITS:
+        raise RetrievalError(f"not a duration: {text!r} (write e.g. 90s, 5min, 2h)")
+    return dt.timedelta(seconds=float(found.group(1)) * _DURATION_UNITS[found.group(2)])
+
+
+def event_table(events: pd.DataFrame | pa.Table) -> pa.Table:
+    """The events as an Arrow table with `pair` (string, one of the 28) and `event_time`
+    (timestamp[us, UTC]); every other column kept as it is. Errors say what is wrong."""
+    if not isinstance(events, pa.Table):
+        import pandas as pd
+
+        if not isinstance(events, pd.DataFrame):
+            raise RetrievalError(f"events must be a pandas DataFrame or an Arrow table, not {type(events).__name__}")
+        events = pa.Table.from_pandas(events, preserve_index=False)
+    missing = [name for name in KEY_COLUMNS if name not in events.column_names]
+    if missing:
+        raise RetrievalError(f"the events lack the column(s) {', '.join(missing)} (need pair and event_time)")
+    clash = [name for name in (*RESULT_COLUMNS, ORDINAL) if name in events.column_names]
+    if clash:
+        raise RetrievalError(f"the events already have column(s) named {', '.join(clash)}: rename them")
+    pair = events.column("pair")
+    if not (pa.types.is_string(pair.type) or pa.types.is_large_string(pair.type) or pa.types.is_dictionary(pair.type)):
+        raise RetrievalError(f"pair must be text (e.g. 'EURUSD'), not {pair.type}")
+    pair = pc.cast(pair, pa.string())
+    if pair.null_count:
+        raise RetrievalError(f"pair is missing on {pair.null_count:,} event(s)")
+    unknown = pc.unique(pc.filter(pair, pc.invert(pc.is_in(pair, value_set=pa.array(PAIRS))))).to_pylist()
+    if unknown:
+        shown = ", ".join(repr(p) for p in sorted(unknown)[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise RetrievalError(f"unknown pair(s) {shown}: the pairs are {' '.join(PAIRS)}")
+    event_time = events.column("event_time")
+    if not pa.types.is_timestamp(event_time.type):
+        raise RetrievalError(f"event_time must be a timestamp with a time zone, not {event_time.type}")
+    if event_time.type.tz is None:
+        raise RetrievalError(
+            "event_time has no time zone: say which clock it is (e.g. pandas .dt.tz_localize('UTC')); "
+            "naive times are refused rather than guessed"
+        )
+    if event_time.null_count:
+        raise RetrievalError(f"event_time is missing on {event_time.null_count:,} event(s)")
+    # to microseconds (PostgreSQL's resolution), rounding down: a bar is known at an instant or not,
+    # and truncating a nanosecond part never makes a bar known earlier than it is
+    event_time = pc.cast(pc.cast(event_time, pa.timestamp(event_time.type.unit, tz="UTC")), pa.timestamp("us", tz="UTC"), safe=False)
+    events = events.set_column(events.column_names.index("pair"), "pair", pair)
+    return events.set_column(events.column_names.index("event_time"), "event_time", event_time)
+
+
+# ------------------------------------------------------------------------------------ the SQL
+
+
+def _compile_key(project_dir: Path, dbname: str, arguments: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for folder in ("macros", "models"):
+        for path in sorted((project_dir / folder).rglob("*")):
+            if path.is_file() and path.suffix in (".sql", ".yml"):
+                digest.update(str(path.relative_to(project_dir)).encode())
+                digest.update(path.read_bytes())
+    digest.update((project_dir / "dbt_project.yml").read_bytes())
+    digest.update(json.dumps([dbname, arguments], sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def as_of_sql(dsn: str, options: AsOfOptions, method: str, *, project_dir: Path = PROJECT_DIR) -> str:
+    """The compiled `features_as_of` over the temporary events table, wrapped so that the age is
+    microseconds (an Arrow duration, not an interval) and the ordinal comes back; cached in
+    .bqx/cache/ per macro source, vars, database and arguments (dbt compiles in seconds)."""
+    from bqx.dbt import run_dbt
+    from bqx.server import dsn_parts
+
+    arguments = {
+        "columns": list(options.columns) if options.columns is not None else None,
+        "max_age": f"{int(options.max_age.total_seconds() * 1_000_000)} microseconds",
+        "method": method,
+    }
+    key = _compile_key(project_dir, dsn_parts(dsn)["dbname"], arguments)
+    cache = project_dir / ".bqx" / "cache" / "as_of" / f"{key}.sql"
+    if cache.is_file():
+        return cache.read_text()
+    call = (
+        f"{{{{ features_as_of('pg_temp.{EVENTS_TABLE}', columns={json.dumps(arguments['columns'])}, "
+        f"max_age='{arguments['max_age']}', method='{method}') }}}}"
+    ).replace("null", "none")
+    done = run_dbt(["compile", "--quiet", "--output", "json", "--inline", call], dsn, project_dir=project_dir, capture=True)
+    compiled = None
+    if done.returncode == 0 and "{" in done.stdout:
+        try:
+            compiled = json.loads(done.stdout[done.stdout.index("{") :]).get("compiled")
+        except ValueError:
+            compiled = None
+    if done.returncode != 0 or not compiled:
+        message = next((line for line in done.stdout.splitlines() if "rror" in line), done.stdout.strip()[-300:])
+        raise RetrievalError(f"cannot compile features_as_of: {message.strip()}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    partial.write_text(compiled)
+    partial.replace(cache)
+    return compiled
+
+
+def _wrapped(compiled: str, feature_columns: Sequence[str]) -> str:
+    listed = "".join(f",\n    retrieved.{name}" for name in feature_columns)
+    return (
+        f"select\n    retrieved.{ORDINAL},\n    retrieved.feature_ts_utc,\n"
+        "    (extract(epoch from retrieved.feature_age) * 1000000)::bigint as feature_age_us,\n"
+        f"    retrieved.feature_missing_reason{listed}\nfrom (\n{compiled}\n) as retrieved"
+    )
+
+
+# ----------------------------------------------------------------------------------- retrieve
+
+
+def _connect(dsn: str) -> Any:
+    import adbc_driver_postgresql.dbapi as adbc
+
+    try:
+        return adbc.connect(dsn)
+    except Exception as err:  # the driver raises its own error types; the message is libpq's
+        raise RetrievalError(f"cannot reach the database: {str(err).splitlines()[0]}") from None
+
+
+def _retrieve_chunk(cursor: Any, keys: pa.Table, sql: str) -> pa.Table:
+    cursor.execute(f"drop table if exists pg_temp.{EVENTS_TABLE}")
+    cursor.adbc_ingest(EVENTS_TABLE, keys, mode="create", temporary=True)
+    cursor.execute(f"analyze pg_temp.{EVENTS_TABLE}")  # temporary tables are never auto-analysed
+    cursor.execute(sql)
+    result = cursor.fetch_arrow_table()
+    order = pc.sort_indices(result.column(ORDINAL))
+    result = result.take(order)
+    age = pc.cast(result.column("feature_age_us"), pa.int64()).cast(pa.duration("us"))
+    result = result.set_column(result.column_names.index("feature_age_us"), "feature_age", age)
+    return result.drop_columns([ORDINAL])
+
+
+def as_of_batches(
+    events: pd.DataFrame | pa.Table,
+    options: AsOfOptions = AsOfOptions(),
+    *,
+    dsn: str | None = None,
+    progress: bool = False,
+) -> Iterator[pa.Table]:
+    """The events with their features, chunk by chunk in the input's order (see the module doc)."""
+    from bqx.server import configured_dsn
+
+    table = event_table(events)
+    dsn = dsn or configured_dsn(PROJECT_DIR)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=table.num_rows, unit="event", desc="bqx features", unit_scale=True)
+    compiled: dict[str, str] = {}
+    with _connect(dsn) as conn, conn.cursor() as cursor:
+        for start in range(0, max(table.num_rows, 1), options.chunk_rows):
+            chunk = table.slice(start, options.chunk_rows)
+            method = options.method_for(chunk.num_rows)
+            if method not in compiled:
+                compiled[method] = _wrapped(as_of_sql(dsn, options, method), _feature_names(cursor, options))
+            keys = pa.table(
+                {
+                    "pair": chunk.column("pair"),
+                    "event_time": chunk.column("event_time"),
+                    ORDINAL: pa.array(range(chunk.num_rows), pa.int64()),
+                }
+            )
+            found = _retrieve_chunk(cursor, keys, compiled[method])
+            joined = chunk
+            for name in found.column_names:
+                joined = joined.append_column(name, found.column(name))
+            conn.commit()
+            if bar is not None:
+                bar.update(chunk.num_rows)
+            yield joined
+    if bar is not None:
+        bar.close()
+
+
+def _feature_names(cursor: Any, options: AsOfOptions) -> list[str]:
+    if options.columns is not None:
+        return list(options.columns)
+    from bqx.catalog import feature_catalog
+
+    return [column.matrix_column for column in feature_catalog().features]
+
+
+def as_of(
+    events: pd.DataFrame | pa.Table,
+    columns: Sequence[str] | None = None,
+    max_age: dt.timedelta = DEFAULT_MAX_AGE,
+    *,
+    dsn: str | None = None,
+    method: str = "auto",
+) -> pd.DataFrame | pa.Table:
+    """The events (a DataFrame or Arrow table with pair and a time-zone-aware event_time, other
+    columns kept) joined with the features known at each event, in the input's order; returns
+    the same kind of frame it was given."""
+    options = AsOfOptions(columns=tuple(columns) if columns is not None else None, max_age=max_age, method=method)
+    pieces = list(as_of_batches(events, options, dsn=dsn))
+    result = pa.concat_tables(pieces) if pieces else pa.table({})
+    if isinstance(events, pa.Table):
+        return result
+    return result.to_pandas()
+
+
+def write_as_of(
+    events_path: Path, out_path: Path, options: AsOfOptions = AsOfOptions(), *, dsn: str | None = None
+) -> RetrievalSummary:
+    """`bqx features`: events from a Parquet (or CSV) file, joined, streamed to a Parquet file
+    that appears only when complete."""
+    events = _read_events(events_path)
+    summary = RetrievalSummary()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    writer: pq.ParquetWriter | None = None
+    try:
+        for joined in as_of_batches(events, options, dsn=dsn, progress=True):
+            if writer is None:
+                writer = pq.ParquetWriter(partial, joined.schema, compression="zstd")
+            writer.write_table(joined)
+            summary.add(joined)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        partial.unlink(missing_ok=True)  # a half-written result is never left behind
+        raise
+    if writer is not None:  # as_of_batches yields at least one chunk: no events, an empty file
+        writer.close()
+    partial.replace(out_path)
+    return summary
+
+
+def _read_events(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise RetrievalError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() in (".csv", ".gz"):
+            import pyarrow.csv as pacsv
+
+            return pacsv.read_csv(path)
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise RetrievalError(f"{path}: cannot read events from it ({str(err).splitlines()[0]})") from None
