@@ -181,7 +181,9 @@ as_of_bars as (
         on as_of_matched.pair = as_of_frontier.pair
 ),
 
-as_of_feature_keys as (
+as_of_feature_keys as materialized (
+    -- computed once (not once per feature model it is joined with), its row count known to the
+    -- planner, and in (pair, ts_utc) order so index probes of each model walk it forwards
     select
         as_of_bars.event_row,
         as_of_bars.pair,
@@ -189,6 +191,7 @@ as_of_feature_keys as (
         as_of_bars.feature_missing_reason,
         case when as_of_bars.feature_missing_reason is null then as_of_bars.source_bar_ts end as feature_ts_utc
     from as_of_bars
+    order by as_of_bars.pair, as_of_bars.source_bar_ts
 )
 
 {{ select_with_features(
@@ -205,7 +208,11 @@ as_of_feature_keys as (
 
 {#- `select <leading>, <the selected feature columns> from <keys>` joined with each feature model
     holding a selected column on (pair, <keys>.<ts_column>): left joins on the models' unique
-    (pair, ts_utc) index, so a key without a feature row gives NULLs. -#}
+    (pair, ts_utc) index, so a key without a feature row gives NULLs. The planner picks index
+    probes or a hash per model from the number of keys; features_as_of hands it a materialized
+    key set so that number is known (with the keys computed inline it estimated millions and
+    hashed every model's whole table even for 10,000 events: 10 s -> 3 s, measured on 28 pairs x
+    1 month; LATERAL probes forced for every count measured slower for 200,000 events). -#}
 {% macro select_with_features(leading, keys, ts_column, selected) -%}
 select
     {{ leading | join(',\n    ') }}
