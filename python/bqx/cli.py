@@ -92,6 +92,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from bqx.datasets.pipeline import run_command
+
+    return run_command(args, "bqx datasets")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bqx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="rows per pair × month for the source and every model")
     status.set_defaults(func=cmd_status)
+
+    from bqx.datasets.options import add_arguments
+
+    datasets = sub.add_parser("datasets", help="train/val/test datasets, feature selection, baseline models and report")
+    add_arguments(datasets)
+    datasets.set_defaults(func=cmd_datasets)
     return parser
 
 
