@@ -273,7 +273,7 @@ def _conform(table: pa.Table, schema: pa.Schema, first_bar_number: int) -> pa.Ta
     known_at = pa.compute.add(ts, pa.scalar(dt.timedelta(minutes=1), pa.duration("us")))
     numbers = pa.array(np.arange(first_bar_number, first_bar_number + table.num_rows, dtype=np.int64))
     columns = [table.column("pair").cast(pa.string()), ts, known_at.cast(TIMESTAMP), numbers]
-    for field in schema[len(KEY_COLUMNS) :]:
+    for field in list(schema)[len(KEY_COLUMNS) :]:
         columns.append(table.column(field.name).cast(field.type, safe=False))
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -377,25 +377,31 @@ def _record(extract: PairExtract) -> dict[str, Any]:
     return record
 
 
-def reusable(source: PairSource, features: Sequence[str], targets: Sequence[str], folder: Path) -> PairExtract | None:
-    """The pair's earlier extraction if it was made from the same source, columns and range."""
+def load_extract(folder: Path) -> PairExtract | None:
+    """The extraction recorded in `folder` (its _source.json), if complete."""
     try:
         record = json.loads((folder / SOURCE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        path = folder / str(record["path"])
+        record.update(path=path, float64_columns=tuple(record["float64_columns"]), reused=True)
+        extract = PairExtract(**record)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
-    path = folder / str(record.get("path", ""))
+    return extract if path.is_file() else None
+
+
+def reusable(source: PairSource, features: Sequence[str], targets: Sequence[str], folder: Path) -> PairExtract | None:
+    """The pair's earlier extraction if it was made from the same source, columns and range."""
+    previous = load_extract(folder)
+    if previous is None:
+        return None
     same = (
-        record.get("fingerprint") == source.fingerprint
-        and record.get("columns_hash") == columns_hash(features, targets)
-        and record.get("first_ts") == source.first_ts.astimezone(dt.UTC).isoformat()
-        and record.get("last_ts") == source.last_ts.astimezone(dt.UTC).isoformat()
-        and record.get("rows") == source.rows
-        and path.is_file()
+        previous.fingerprint == source.fingerprint
+        and previous.columns_hash == columns_hash(features, targets)
+        and previous.first_ts == source.first_ts.astimezone(dt.UTC).isoformat()
+        and previous.last_ts == source.last_ts.astimezone(dt.UTC).isoformat()
+        and previous.rows == source.rows
     )
-    if not same:
-        return None
-    record.update(path=path, float64_columns=tuple(record["float64_columns"]), reused=True)
-    return PairExtract(**record)
+    return previous if same else None
 
 
 def extract_pairs(

@@ -48,7 +48,7 @@ class BuilderOptions:
     holdout_rows: int = _opt(10_000, "at most this many rows of the purged hold-out at the end of the training period (permutation importance)")
     forest: str = _opt("extra", "selection forest: extra (ExtraTrees: random thresholds, ~10x faster) or random (RandomForest)", choices=("extra", "random"))
     forest_trees: int = _opt(100, "trees of the selection forest")
-    train_sample: int = _opt(200_000, "training rows (seeded) the baseline models are fit on; every val and test row is scored")
+    train_sample: int = _opt(100_000, "training rows (seeded) the baseline models are fit on; every val and test row is scored")
     seed: int = _opt(20240701, "seed of every sample, forest and model")
     lookahead_cuts: int = _opt(4, "rows whose features are rebuilt from bars cut at their minute (no-look-ahead proof); 0 skips it (recorded)")
     target_checks: int = _opt(200, "rows per pair whose targets are recomputed from m1_index")

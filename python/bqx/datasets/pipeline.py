@@ -32,7 +32,7 @@ from bqx.datasets import train as tr
 from bqx.datasets import validate as va
 from bqx.datasets.files import atomic_write_text, ensure_writable, remove_leftovers, temporary_path
 from bqx.datasets.options import BuilderOptions, DatasetError, check_options
-from bqx.project import PROJECT_DIR
+from bqx.project import PROJECT_DIR, dbt_vars
 
 MIN_PART_ROWS = 100  # fewer rows in a part (pooled) and the split is not worth the name
 VALIDATION_FILE = "_validation.json"
@@ -279,7 +279,8 @@ def build_manifest(
         "rebuild": "python python/build_datasets.py " + " ".join(_cli_args(options)),
         "builder": {"code_sha256": code_hash, **ds.git_state(), "libraries": ds.library_versions()},
         "options": options.identity(),
-        "dbt_vars": catalog.dbt_vars,
+        "dbt_vars": dbt_vars(PROJECT_DIR) | options.dbt_var_overrides(),
+        "dbt_var_overrides": options.dbt_var_overrides(),
         "catalog_sha256": catalog_digest,
         "source": {
             "pairs": [r.extract.pair for r in rows],
@@ -392,7 +393,8 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
     dsn = dsn or server.configured_dsn(project_dir)
-    known_pairs = list(catalog.dbt_vars.get("pairs", []))
+    vars_in_force = dbt_vars(project_dir) | options.dbt_var_overrides()  # the catalog keeps the overrides only
+    known_pairs = list(vars_in_force.get("pairs", []))
     if options.pairs:
         unknown = [p for p in options.pairs if p not in known_pairs]
         if unknown:
@@ -469,9 +471,16 @@ def closing_note(result: BuildResult) -> str:
         "test R² against the zero predictor, all pairs pooled:",
         "  model     " + " ".join(f"{c.replace('target_bqx_', ''):>9}" for c in table.columns),
         *[f"  {model:<9} " + " ".join(f"{v:>9.5f}" for v in table.loc[model]) for model in table.index],
+        f"peak memory of the builder: {_peak_rss_mib():,.0f} MiB",
         f"report: {result.report}",
     ]
     return "\n".join(lines)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "build_datasets.py") -> int:

@@ -1,8 +1,9 @@
 """Select features with a random forest fit on training rows only.
 
 One list for all horizons: a single multi-output forest fit on every target at once, each
-target divided by its standard deviation on the fit rows so that every horizon weighs the same in the impurity decrease (otherwise the 60-bar target,
-whose variance is the largest, would choose alone).
+target divided by its standard deviation on the fit rows so that every horizon weighs the same
+in the impurity decrease (otherwise the 60-bar target, whose variance is the largest, would
+choose alone).
 
 The forest is scikit-learn's ExtraTreesRegressor by default (`--forest extra`: a random forest
 whose split thresholds are drawn at random instead of searched, on bootstrap samples) and

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-RIDGE_ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5)
-BOOSTING = {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 31, "min_samples_leaf": 200, "l2_regularization": 1.0}
+RIDGE_ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
+BOOSTING = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 15, "min_samples_leaf": 500, "l2_regularization": 1.0}
 MODELS = ("zero", "ridge", "boosting")
 
 
@@ -50,13 +50,21 @@ class Evaluation:
     predictions: pd.DataFrame  # test rows: pair, known_at, per target y and each model's y_hat
 
 
-def _ridge(alpha: float):  # noqa: ANN202
+def _preprocessing():  # noqa: ANN202
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), Ridge(alpha=alpha))
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
+
+
+def _ridges(preprocessing, x: np.ndarray, y: np.ndarray) -> list:  # noqa: ANN001
+    """One ridge per penalty on the (already fitted) imputer + scaler's output."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+
+    transformed = preprocessing.transform(x)
+    return [make_pipeline(preprocessing, Ridge(alpha=alpha).fit(transformed, y)) for alpha in RIDGE_ALPHAS]
 
 
 def _boosting(seed: int):  # noqa: ANN202
@@ -82,10 +90,10 @@ def fit_and_score(
 
     tuning: dict[str, dict[str, float]] = {}
     fitted: dict[str, dict[str, object]] = {}
+    preprocessing = _preprocessing().fit(train.x)  # the imputer and the scaler see training rows only
     for t, target in enumerate(tqdm(targets, desc="baseline models", disable=not progress, leave=False)):
         y = train.y[:, t]
-        # ridge: one pipeline per penalty (the imputer and scaler see training rows only)
-        ridges = [_ridge(alpha).fit(train.x, y) for alpha in RIDGE_ALPHAS]
+        ridges = _ridges(preprocessing, train.x, y)
         boosting = _boosting(seed).fit(train.x, y)
         ridge_sse = np.zeros(len(RIDGE_ALPHAS))
         stage_sse = np.zeros(boosting.n_iter_)

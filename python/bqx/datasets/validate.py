@@ -110,7 +110,9 @@ def null_rules(catalog: Any) -> dict[str, list[tuple[str, str, int, str | None]]
 
 
 def check_nulls(dsn: str, extract: PairExtract, catalog: Any) -> list[Problem]:
-    """NULL after a column's warm-up only where its null_allowed_when holds on that row."""
+    """NULL after a column's warm-up only where its null_allowed_when holds on that row (the
+    predicate is the YAML's, over the model's columns, qualified by the model's name where its
+    warm-up test needs a correlated subquery: the model is aliased by its own name here too)."""
     file = pq.ParquetFile(extract.path)
     keys = file.read(columns=["ts_utc", "bar_number"])
     ts = _ts_us(keys)
@@ -122,7 +124,7 @@ def check_nulls(dsn: str, extract: PairExtract, catalog: Any) -> list[Problem]:
         if predicates:
             select = ", ".join(f"coalesce(({p}), false) as allow_{i}" for i, p in enumerate(predicates))
             query = (
-                f"select ts_utc, {select} from features.{model} where pair = '{extract.pair}' "
+                f"select ts_utc, {select} from features.{model} as {model} where pair = '{extract.pair}' "
                 f"and ts_utc >= '{extract.first_ts}' and ts_utc <= '{extract.last_ts}' order by ts_utc"
             )
             table = pa.Table.from_batches(list(adbc_batches(dsn, query)))
