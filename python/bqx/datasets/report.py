@@ -47,17 +47,20 @@ def plot_heatmap(metrics: pd.DataFrame, models: list[str], path: Path) -> None:
     plt = _plt()
     tables = [r2_table(metrics, m) for m in models]
     limit = max(1e-4, max(float(np.nanmax(np.abs(t.to_numpy()))) for t in tables))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 0.32 * len(tables[0]) + 1.8), squeeze=False)
-    for ax, model, table in zip(axes[0], models, tables):
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models) + 1.5, 0.32 * len(tables[0]) + 1.8), squeeze=False, layout="constrained")
+    for index, (ax, model, table) in enumerate(zip(axes[0], models, tables)):
         image = ax.imshow(table.to_numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_xticks(range(table.shape[1]), [c.replace("target_bqx_", "") for c in table.columns])
-        ax.set_yticks(range(table.shape[0]), table.index)
+        if index == 0:
+            ax.set_yticks(range(table.shape[0]), table.index)
+        else:
+            ax.set_yticks([])
         ax.set_xlabel("horizon")
         ax.set_title(f"{model}: test R² vs zero")
         for (i, j), value in np.ndenumerate(table.to_numpy()):
             ax.text(j, i, f"{value:.4f}", ha="center", va="center", fontsize=6)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="R² against the zero predictor")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -78,7 +81,7 @@ def plot_importances(importances: pd.DataFrame, path: Path, top: int = 30) -> No
 
 def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: list[str], model: str, path: Path, seed: int) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, len(targets), figsize=(3.6 * len(targets), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.9 * len(targets), 3.9), squeeze=False, layout="constrained")
     rng = np.random.default_rng(seed)
     for ax, target in zip(axes[0], targets):
         actual = predictions[target].to_numpy()
@@ -91,11 +94,12 @@ def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: list[str], mode
         ax.set_xlim(-span * 1.1, span * 1.1)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.axvline(0, color="grey", linewidth=0.5)
+        ax.ticklabel_format(style="sci", scilimits=(0, 0))
         ax.set_xlabel(f"predicted ({model})")
         ax.set_ylabel("actual")
         ax.set_title(target.replace("target_bqx_", "horizon "))
     fig.suptitle("Test part: predicted vs actual (20k rows sampled; y clipped to the 0.5-99.5% range)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -137,16 +141,20 @@ def plot_timeline(manifest: dict[str, Any], path: Path) -> None:
             if span:
                 start, end = (pd.Timestamp(v) for v in span)
                 ax.barh(row, end - start, left=start, color=PART_COLOURS[part], height=0.7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in PART_COLOURS.values()]
+    labels = list(PART_COLOURS)
     for name, value in manifest["split"]["boundaries"].items():
-        ax.axvline(pd.Timestamp(value), color="black", linewidth=0.8, linestyle="--")
-        ax.text(pd.Timestamp(value), -1, name, fontsize=7, ha="center")
-    for k, (train_end, val_end) in enumerate(manifest["split"].get("fold_cuts", []), start=1):
-        ax.axvline(pd.Timestamp(train_end), color="purple", linewidth=0.6, linestyle=":")
-        ax.text(pd.Timestamp(train_end), len(pairs), f"fold {k}", fontsize=6, ha="center", color="purple")
+        line = ax.axvline(pd.Timestamp(value), color="black", linewidth=0.8, linestyle="--")
+        handles.append(line)
+        labels.append(f"{name} {pd.Timestamp(value):%Y-%m-%d %H:%M}")
+    for k, (train_end, _) in enumerate(manifest["split"].get("fold_cuts", []), start=1):
+        line = ax.axvline(pd.Timestamp(train_end), color="purple", linewidth=0.7, linestyle=":")
+        if k == 1:
+            handles.append(line)
+            labels.append("walk-forward fold ends")
     ax.set_yticks(range(len(pairs)), pairs, fontsize=7)
     ax.invert_yaxis()
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in PART_COLOURS.values()]
-    ax.legend(handles, list(PART_COLOURS), fontsize=7, loc="lower right")
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_xlabel("known_at (UTC)")
     ax.set_title("Split: the same boundaries for every pair (purged rows are the gaps)")
     fig.autofmt_xdate()
