@@ -39,13 +39,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_DIR, BenchDatabase, bench_database, record  # noqa: E402
+from common import BenchDatabase, bench_database, record  # noqa: E402
 
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+from bqx.project import dbt_vars  # noqa: E402
+
+VARS: dict = dbt_vars()
 ROLLING_WINDOWS: list[int] = VARS["rolling_windows"]
 TARGET_HORIZONS: list[int] = VARS["target_horizons"]
 VOLUME_TOD_DAYS: int = int(VARS.get("volume_tod_days", 5))  # the macro's default is 5 too

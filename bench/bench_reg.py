@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_DIR, BenchDatabase, bench_database, best_of, record  # noqa: E402
+from common import BenchDatabase, bench_database, best_of, record  # noqa: E402
 from reg_numpy import column_names, copy_frame_binary, read_series_binary, reg_polyfit_loop, reg_vectorised  # noqa: E402
 
-WINDOWS: list[int] = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["reg_windows"]
+from bqx.project import dbt_vars  # noqa: E402
+
+WINDOWS: list[int] = dbt_vars()["reg_windows"]
 POLYFIT_SAMPLE_ROWS = 1000
 REPEAT = 2
 

@@ -4,11 +4,17 @@
 -#}
 
 {% macro target_column_names() -%}
-    {%- set names = [] -%}
-    {%- for h in var('target_horizons') -%}
-        {%- do names.append('target_bqx_h' ~ h) -%}
+    {{ return(target_columns() | map(attribute='column') | list) }}
+{%- endmacro %}
+
+
+{#- The targets, in order: column and horizon H in bars (the catalog's TargetColumn). -#}
+{% macro target_columns() -%}
+    {%- set targets = [] -%}
+    {%- for h in var('target_horizons') | map('int') -%}
+        {%- do targets.append({'column': 'target_bqx_h' ~ h, 'horizon_bars': h}) -%}
     {%- endfor -%}
-    {{ return(names) }}
+    {{ return(targets) }}
 {%- endmacro %}
 
 

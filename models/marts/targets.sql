@@ -3,7 +3,6 @@
     incremental_strategy='delete+insert',
     unique_key=['pair', 'ts_utc'],
     on_schema_change='fail',
-    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
 ) }}
 
 -- Targets look forward, so an incremental run recomputes backwards: incremental_rows reads,

@@ -1,8 +1,3 @@
-{{ config(
-    materialized='table',
-    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
-) }}
-
 -- float8 throughout: the index is a ratio of two float8 prices times 100, so it carries the
 -- prices' own ~1e-16 relative precision; nothing here accumulates.
 select

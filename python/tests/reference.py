@@ -8,13 +8,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from bqx.dbt import PROJECT_DIR
+from bqx.project import dbt_vars
 from conftest import FIXTURE_PAIRS, query_frame
 
 REL_TOL = 1e-9
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+VARS: dict = dbt_vars()
 SERIES_WINDOW: int = VARS["bqx_series_window"]
 DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
 

@@ -15,7 +15,7 @@ import pytest
 import talib
 import yaml
 
-from bqx.dbt import PROJECT_DIR
+from bqx.project import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
 from reference import (
     DOMAINS,

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from bqx.dbt import PROJECT_DIR
+from bqx.project import dbt_vars
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
 
 REL_TOL = 1e-9
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+VARS: dict = dbt_vars()
 WINDOWS: list[int] = VARS["bqx_windows"]
 
 

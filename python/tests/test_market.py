@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bqx.dbt import PROJECT_DIR
+from bqx.project import PROJECT_DIR
 from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
 from reference import VARS, assert_matches
 
@@ -313,7 +313,8 @@ def test_weekend_counts_as_a_gap(wave1_dsn: str) -> None:
 def test_yaml_documents_every_column(yaml_file: str, columns) -> None:
     """The YAML lists the columns the macros generate from the vars (so a changed var that
     leaves the docs behind fails here)."""
-    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "market" / yaml_file).read_text())
+    (path,) = (PROJECT_DIR / "models" / "features").rglob(yaml_file)
+    doc = yaml.safe_load(path.read_text())
     (model,) = doc["models"]
     documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
     assert documented == columns()

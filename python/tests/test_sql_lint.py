@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bqx.dbt import PROJECT_DIR, dbt_env
+from bqx.dbt import dbt_env
+from bqx.project import PROJECT_DIR
 
 
 def test_sqlfluff_lint_is_clean(wave1_dsn: str) -> None:

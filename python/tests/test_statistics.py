@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bqx.dbt import PROJECT_DIR
+from bqx.project import PROJECT_DIR
 from conftest import FLAT_BARS, FLAT_PAIR
 from reference import (
     DOMAINS,

@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 -- BQX momentum of the rate index close_idx per window W of var('bqx_windows'): the maths is in
 -- macros/features/bqx.sql.
 with source_rows as (
