@@ -101,15 +101,33 @@ def check_values(extract: PairExtract, columns: Sequence[str]) -> list[Problem]:
     return problems
 
 
-def null_rules(catalog: Any) -> dict[str, list[tuple[str, str, int, str | None]]]:
-    """Per feature model: (model column, matrix column, warm-up bars, null_allowed_when)."""
-    rules: dict[str, list[tuple[str, str, int, str | None]]] = {}
-    for feature in catalog.features:
-        rules.setdefault(feature.model, []).append((feature.column, feature.matrix_column, feature.warmup_bars, feature.null_allowed_when))
+def evaluable_rules(catalog: Any, overrides: dict[str, Any] | None = None) -> dict[str, str | None]:
+    """Each feature's null_allowed_when, as SQL the database can run.
+
+    The catalog joins a rule's lines into one, so a `--` comment inside a rule (the
+    volume_tod_ratio rule has one) would swallow the rest of it: those rules' original text is
+    taken from the same registry macro the catalog evaluates (never retyped)."""
+    rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}
+    flattened = {column for column, rule in rules.items() if rule and "--" in rule}
+    if flattened:
+        from bqx.macros import call_macro
+
+        for entry in call_macro("feature_catalog", vars=overrides or {})["features"]:
+            if entry["matrix_column"] in flattened:
+                rules[entry["matrix_column"]] = str(entry["null_allowed_when"])
     return rules
 
 
-def check_nulls(dsn: str, extract: PairExtract, catalog: Any) -> list[Problem]:
+def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict[str, list[tuple[str, str, int, str | None]]]:
+    """Per feature model: (model column, matrix column, warm-up bars, null_allowed_when)."""
+    rules = rules if rules is not None else {f.matrix_column: f.null_allowed_when for f in catalog.features}
+    by_model: dict[str, list[tuple[str, str, int, str | None]]] = {}
+    for feature in catalog.features:
+        by_model.setdefault(feature.model, []).append((feature.column, feature.matrix_column, feature.warmup_bars, rules[feature.matrix_column]))
+    return by_model
+
+
+def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None) -> list[Problem]:
     """NULL after a column's warm-up only where its null_allowed_when holds on that row (the
     predicate is the YAML's, over the model's columns, qualified by the model's name where its
     warm-up test needs a correlated subquery: the model is aliased by its own name here too)."""
@@ -118,11 +136,12 @@ def check_nulls(dsn: str, extract: PairExtract, catalog: Any) -> list[Problem]:
     ts = _ts_us(keys)
     bar_number = keys.column("bar_number").to_numpy()
     problems = []
-    for model, rules in null_rules(catalog).items():
-        predicates = sorted({r[3] for r in rules if r[3]})
+    for model, columns in null_rules(catalog, rules).items():
+        predicates = sorted({r[3] for r in columns if r[3]})
         allowed: dict[str, np.ndarray] = {}
         if predicates:
-            select = ", ".join(f"coalesce(({p}), false) as allow_{i}" for i, p in enumerate(predicates))
+            # each rule on lines of its own: a `--` comment in one ends at its line
+            select = ", ".join(f"coalesce((\n{p}\n), false) as allow_{i}" for i, p in enumerate(predicates))
             query = (
                 f"select ts_utc, {select} from features.{model} as {model} where pair = '{extract.pair}' "
                 f"and ts_utc >= '{extract.first_ts}' and ts_utc <= '{extract.last_ts}' order by ts_utc"
@@ -135,7 +154,7 @@ def check_nulls(dsn: str, extract: PairExtract, catalog: Any) -> list[Problem]:
                 continue
             for i, predicate in enumerate(predicates):
                 allowed[predicate] = table.column(f"allow_{i}").to_numpy(zero_copy_only=False)
-        for _, matrix_column, warmup, predicate in rules:
+        for _, matrix_column, warmup, predicate in columns:
             column = file.read(columns=[matrix_column]).column(matrix_column)
             is_null = column.is_null().to_numpy(zero_copy_only=False)
             bad = is_null & (bar_number > warmup)
@@ -344,6 +363,7 @@ def validate(
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
+    rules = evaluable_rules(catalog, dbt_vars)
     report = ValidationReport()
     with connect(dsn) as conn:
         for extract in tqdm(extracts, desc="validate", disable=not progress, leave=False):
@@ -352,7 +372,7 @@ def validate(
                 continue
             report.problems += check_values(extract, [*features, *targets])
             report.problems += check_fresh(conn, extract, models, end_ts)
-            report.problems += check_nulls(dsn, extract, catalog)
+            report.problems += check_nulls(dsn, extract, catalog, rules)
             report.problems += check_targets(dsn, extract, catalog, target_checks, seed)
     cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed) if not report.problems else []
     if cuts:
