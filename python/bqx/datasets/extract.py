@@ -218,6 +218,9 @@ def adbc_batches(dsn: str, query: str) -> Iterator[pa.RecordBatch]:
     import adbc_driver_postgresql.dbapi as adbc
 
     with adbc.connect(dsn) as conn, conn.cursor() as cur:
+        # one pair's rows are already in (pair, ts_utc) order in every relation: serial merge
+        # joins beat parallel hash joins of the view (6.2 s vs 8.3 s per pair-month, measured)
+        cur.execute("set max_parallel_workers_per_gather = 0")
         cur.execute(query)
         reader = cur.fetch_record_batch()
         yield from reader

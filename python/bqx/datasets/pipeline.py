@@ -96,19 +96,22 @@ def validated(dsn: str, extracts: Sequence[ex.PairExtract], catalog: Any, option
                 return previous
         except (OSError, json.JSONDecodeError):
             pass
-    report = va.validate(
-        dsn,
-        extracts,
-        catalog,
-        end_ts=end_ts,
-        lookahead_cuts=options.lookahead_cuts,
-        target_checks=options.target_checks,
-        seed=options.seed,
-        work=options.out / "features" / ".work",
-        dbt_vars=options.dbt_var_overrides(),
-        progress=options.progress,
-    )
-    shutil.rmtree(options.out / "features" / ".work", ignore_errors=True)
+    work = options.out / "features" / ".work"
+    try:
+        report = va.validate(
+            dsn,
+            extracts,
+            catalog,
+            end_ts=end_ts,
+            lookahead_cuts=options.lookahead_cuts,
+            target_checks=options.target_checks,
+            seed=options.seed,
+            work=work,
+            dbt_vars=options.dbt_var_overrides(),
+            progress=options.progress,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # dbt's target folders of the scratch builds
     record = {"key": key, "problems": [p.line() for p in report.problems], "summary": report.summary, "checked": report.checked}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     report.raise_if_failed(path)
@@ -140,7 +143,7 @@ def split_rows(extracts: Sequence[ex.PairExtract], catalog: Any, options: Builde
     empty = [k.pair for k, u in zip(keys, usable) if not u.any()]
     if empty:
         raise DatasetError(
-            f"{empty[0]} has no usable row: its range is shorter than the longest warm-up ({catalog.longest_warmup_bars} bars) "
+            f"the range of {empty[0]} is too short: no usable row after the longest warm-up ({catalog.longest_warmup_bars} bars) "
             f"plus the longest lag ({longest_lag} bars); widen --start/--end or use shorter --lags"
         )
     plan = sp.plan_split([k.known_at_us[u] for k, u in zip(keys, usable)], options.train_fraction, options.val_fraction, options.walk_forward, options.embargo_bars, longest_horizon)

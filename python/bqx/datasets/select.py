@@ -105,7 +105,10 @@ def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
 
 def _mdi(x: np.ndarray, y: np.ndarray, trees: int, seed: int, kind: str = "extra") -> tuple[np.ndarray, object]:
     forest = _forest(kind, trees, seed)
-    forest.fit(x, y)
+    forest.fit(x, y)  # trees are fit in parallel, each from its own seed: deterministic
+    # predictions summed by parallel threads add the trees in a varying order, which changes
+    # the last bits of an R^2 (and so importances.csv) from run to run: predict serially
+    forest.set_params(n_jobs=1)
     return forest.feature_importances_, forest
 
 

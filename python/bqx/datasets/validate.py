@@ -68,7 +68,8 @@ def _minute(us: int) -> str:
 
 
 def _ts_us(table: pa.Table, name: str = "ts_utc") -> np.ndarray:
-    return table.column(name).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    column = table.column(name).combine_chunks()  # ADBC hands many small batches over
+    return column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
 
 
 def check_columns(extract: PairExtract, features: Sequence[str], targets: Sequence[str]) -> list[Problem]:
@@ -79,18 +80,17 @@ def check_columns(extract: PairExtract, features: Sequence[str], targets: Sequen
     return problems
 
 
-def check_values(extract: PairExtract, columns: Sequence[str]) -> list[Problem]:
+def check_values(extract: PairExtract, columns: Sequence[str], table: pa.Table | None = None) -> list[Problem]:
     """Minutes strictly increasing; no NaN or infinity anywhere (NULL is not NaN)."""
-    keys = pq.read_table(extract.path, columns=["ts_utc"])
-    ts = _ts_us(keys)
+    table = table if table is not None else pq.read_table(extract.path, columns=["ts_utc", *columns])
+    ts = _ts_us(table)
     problems = []
     steps = np.diff(ts)
     if (steps <= 0).any():
         bad = int(np.flatnonzero(steps <= 0)[0]) + 1
         problems.append(Problem(extract.pair, "ts_utc", _minute(ts[bad]), "minutes not strictly increasing (duplicate or out of order)"))
-    file = pq.ParquetFile(extract.path)
     for name in columns:
-        column = file.read(columns=[name]).column(name)
+        column = table.column(name)
         if not pa.types.is_floating(column.type):
             continue
         finite = pc.is_finite(column)  # NULL stays NULL, NaN and ±inf are false
@@ -127,24 +127,32 @@ def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict
     return by_model
 
 
-def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None) -> list[Problem]:
+def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None, table: pa.Table | None = None) -> list[Problem]:
     """NULL after a column's warm-up only where its null_allowed_when holds on that row (the
     predicate is the YAML's, over the model's columns, qualified by the model's name where its
     warm-up test needs a correlated subquery: the model is aliased by its own name here too)."""
-    file = pq.ParquetFile(extract.path)
-    keys = file.read(columns=["ts_utc", "bar_number"])
-    ts = _ts_us(keys)
-    bar_number = keys.column("bar_number").to_numpy()
+    table_of_file = table if table is not None else pq.read_table(extract.path)
+    ts = _ts_us(table_of_file)
+    bar_number = table_of_file.column("bar_number").to_numpy()
     problems = []
     for model, columns in null_rules(catalog, rules).items():
-        predicates = sorted({r[3] for r in columns if r[3]})
+        # a rule matters only after its column's warm-up: skip it (a correlated subquery, for
+        # some rules) on the warm-up rows, where every value is NULL anyway
+        warmups: dict[str, int] = {}
+        for _, _, warmup, predicate in columns:
+            if predicate:
+                warmups[predicate] = min(warmup, warmups.get(predicate, warmup))
+        predicates = sorted(warmups)
         allowed: dict[str, np.ndarray] = {}
         if predicates:
             # each rule on lines of its own: a `--` comment in one ends at its line
-            select = ", ".join(f"coalesce((\n{p}\n), false) as allow_{i}" for i, p in enumerate(predicates))
+            select = ", ".join(
+                f"case when bar_number > {warmups[p]} then coalesce((\n{p}\n), false) else true end as allow_{i}" for i, p in enumerate(predicates)
+            )
             query = (
-                f"select ts_utc, {select} from features.{model} as {model} where pair = '{extract.pair}' "
-                f"and ts_utc >= '{extract.first_ts}' and ts_utc <= '{extract.last_ts}' order by ts_utc"
+                f"select ts_utc, {select} from (select *, {extract.bars_before} + row_number() over (order by ts_utc) as bar_number "
+                f"from features.{model} where pair = '{extract.pair}' and ts_utc >= '{extract.first_ts}' and ts_utc <= '{extract.last_ts}') "
+                f"as {model} order by ts_utc"
             )
             table = pa.Table.from_batches(list(adbc_batches(dsn, query)))
             model_ts = _ts_us(table)
@@ -155,14 +163,14 @@ def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, s
             for i, predicate in enumerate(predicates):
                 allowed[predicate] = table.column(f"allow_{i}").to_numpy(zero_copy_only=False)
         for _, matrix_column, warmup, predicate in columns:
-            column = file.read(columns=[matrix_column]).column(matrix_column)
+            column = table_of_file.column(matrix_column)
             is_null = column.is_null().to_numpy(zero_copy_only=False)
             bad = is_null & (bar_number > warmup)
             if predicate:
                 bad &= ~allowed[predicate]
             if bad.any():
                 index = int(np.flatnonzero(bad)[0])
-                rule = f"NULL after its warm-up of {warmup} bars" + (f" where `{predicate}` does not hold" if predicate else " (never allowed)")
+                rule = f"NULL after its warm-up of {warmup} bars" + (f" where `{' '.join(predicate.split())}` does not hold" if predicate else " (never allowed)")
                 problems.append(Problem(extract.pair, matrix_column, _minute(ts[index]), rule))
     return problems
 
@@ -370,9 +378,11 @@ def validate(
             report.problems += check_columns(extract, features, targets)
             if report.problems:
                 continue
-            report.problems += check_values(extract, [*features, *targets])
+            table = pq.read_table(extract.path)  # one pair at a time
+            report.problems += check_values(extract, [*features, *targets], table)
             report.problems += check_fresh(conn, extract, models, end_ts)
-            report.problems += check_nulls(dsn, extract, catalog, rules)
+            report.problems += check_nulls(dsn, extract, catalog, rules, table)
+            del table
             report.problems += check_targets(dsn, extract, catalog, target_checks, seed)
     cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed) if not report.problems else []
     if cuts:
