@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PROJECT_DIR, bench_database, best_of, record  # noqa: E402
 
 from bqx.catalog import feature_catalog  # noqa: E402
+from bqx.project import dbt_vars  # noqa: E402
 from bqx.datasets import extract as ex  # noqa: E402
 
 REPEAT = 2
@@ -78,7 +79,7 @@ def main() -> int:
         wave1 = bench.dbt("run", "--select", "tag:wave1")
         print(f"wave 1 built in {wave1:.0f} s")
         with psycopg.connect(bench.dsn) as conn:
-            pairs = ex.pairs_with_bars(conn, list(catalog.dbt_vars["pairs"]))
+            pairs = ex.pairs_with_bars(conn, list(dbt_vars()["pairs"]))
             sources = ex.describe_pairs(conn, pairs[:BENCH_EXTRACT_PAIRS], None, None, models)
         rows = sum(s.rows for s in sources)
         width = len(features) + len(targets) + 2
