@@ -46,6 +46,10 @@ def psycopg_copy_numpy(dsn: str, source: ex.PairSource, features: list[str], tar
     """Binary COPY parsed by NumPy; returns the rows read."""
     columns = [*features, *targets]
     query = ex.extraction_query(source, features, targets, wrap="coalesce({}::float8, 'NaN')").replace("matrix.pair,\n", "", 1)
+    with psycopg.connect(dsn) as conn:  # booleans (session flags) go through int: no boolean -> float8 cast
+        flags = [r[0] for r in conn.execute("select column_name from information_schema.columns where table_schema = 'marts' and table_name = 'feature_matrix' and data_type = 'boolean'")]
+    for flag in flags:
+        query = query.replace(f"coalesce(matrix.{flag}::float8,", f"coalesce(matrix.{flag}::int::float8,")
     sql = f"copy ({query}) to stdout (format binary)"
     record_type = np.dtype([("n", ">i2"), ("ts_len", ">i4"), ("ts", ">i8"), *[x for i in range(len(columns)) for x in ((f"l{i}", ">i4"), (f"v{i}", ">f8"))]])
     buffer = bytearray()

@@ -135,6 +135,18 @@ def read_keys(extract: ex.PairExtract) -> sp.PairKeys:
     return sp.PairKeys(extract.pair, ts, table.column("bar_number").to_numpy())
 
 
+def _check_long_enough(sources: Sequence[ex.PairSource], longest_warmup: int, longest_lag: int) -> None:
+    """Before any extraction: every pair has rows after its warm-ups and lags (the split's own
+    minimum is checked once the rows are known)."""
+    for source in sources:
+        first_usable = max(longest_lag, longest_warmup + longest_lag - source.bars_before)  # 0-based position
+        if source.rows <= first_usable:
+            raise DatasetError(
+                f"the range of {source.pair} is too short: {source.rows} bars, but usable rows start after the longest warm-up "
+                f"({longest_warmup} bars) plus the longest lag ({longest_lag} bars); widen --start/--end or use shorter --lags"
+            )
+
+
 def split_rows(extracts: Sequence[ex.PairExtract], catalog: Any, options: BuilderOptions) -> tuple[sp.SplitPlan, list[PairRows]]:
     longest_lag = lg.longest(options.lags)
     longest_horizon = max(t.horizon_bars for t in catalog.targets)
@@ -410,6 +422,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
         _status(f"fingerprinting {len(pairs)} pairs", options)
         sources = ex.describe_pairs(conn, pairs, options.start, options.end, models)
     _, end_ts = ex._bounds(options.start, options.end)
+    _check_long_enough(sources, catalog.longest_warmup_bars, lg.longest(options.lags))
     extracts = ex.extract_pairs(dsn, sources, features, targets, out, reuse=options.reuse, progress=options.progress)
     reused_pairs = sum(e.reused for e in extracts)
     _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
