@@ -118,6 +118,19 @@ def evaluable_rules(catalog: Any, overrides: dict[str, Any] | None = None) -> di
     return rules
 
 
+def check_target_nulls(extract: PairExtract, catalog: Any, table: pa.Table) -> list[Problem]:
+    """A target is NULL only on rows without H later bars (the pair's last H rows)."""
+    ts = _ts_us(table)
+    problems = []
+    for target in catalog.targets:
+        is_null = table.column(target.column).is_null().to_numpy(zero_copy_only=False)
+        bad = is_null & (np.arange(ts.size) < ts.size - target.horizon_bars)
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            problems.append(Problem(extract.pair, target.column, _minute(ts[index]), f"NULL although {target.horizon_bars} later bars exist (marts.targets is stale): run `bqx build`"))
+    return problems
+
+
 def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict[str, list[tuple[str, str, int, str | None]]]:
     """Per feature model: (model column, matrix column, warm-up bars, null_allowed_when)."""
     rules = rules if rules is not None else {f.matrix_column: f.null_allowed_when for f in catalog.features}
@@ -380,6 +393,7 @@ def validate(
                 continue
             table = pq.read_table(extract.path)  # one pair at a time
             report.problems += check_values(extract, [*features, *targets], table)
+            report.problems += check_target_nulls(extract, catalog, table)
             report.problems += check_fresh(conn, extract, models, end_ts)
             report.problems += check_nulls(dsn, extract, catalog, rules, table)
             del table
