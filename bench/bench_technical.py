@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
 
 import numpy as np
@@ -28,6 +27,8 @@ import pandas as pd
 import psycopg
 import talib
 from common import BenchDatabase, bench_database, record
+
+from bqx import pgcopy
 
 REPEAT = 3
 COLUMNS = [
@@ -71,33 +72,16 @@ def indicators(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix microseconds
-
-
-def binary_copy(result: pd.DataFrame) -> bytes:
-    """result as PostgreSQL binary COPY data, built with numpy (no per-row Python except for
-    the few warm-up rows that hold NULLs, whose fields have no payload)."""
-    values = result[COLUMNS].to_numpy(dtype=float)
-    complete = ~np.isnan(values).any(axis=1)
-    pairs = result["pair"].to_numpy().astype("S6")
+def copy_binary(conn: psycopg.Connection, result: pd.DataFrame) -> None:
+    """result into PANDAS_TABLE with a binary COPY built by NumPy (bqx.pgcopy: NULLs, the
+    warm-up rows' NaNs, cost no per-row Python)."""
     stamps = pd.to_datetime(result["ts_utc"], utc=True).dt.tz_localize(None).to_numpy()
-    micros = stamps.astype("datetime64[us]").astype(np.int64) - PG_EPOCH_US
-    fields = [("count", ">i2"), ("pair_len", ">i4"), ("pair", "S6"), ("ts_len", ">i4"), ("ts", ">i8")]
-    for column in COLUMNS:
-        fields += [(f"{column}_len", ">i4"), (column, ">f8")]
-    rows = np.zeros(int(complete.sum()), dtype=np.dtype(fields))
-    rows["count"] = 2 + len(COLUMNS)
-    rows["pair_len"], rows["pair"] = 6, pairs[complete]
-    rows["ts_len"], rows["ts"] = 8, micros[complete]
-    for index, column in enumerate(COLUMNS):
-        rows[f"{column}_len"], rows[column] = 8, values[complete, index]
-    parts = [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0), rows.tobytes()]
-    for row in np.nonzero(~complete)[0]:
-        encoded = [struct.pack(">hi", 2 + len(COLUMNS), 6), pairs[row], struct.pack(">iq", 8, micros[row])]
-        encoded += [struct.pack(">i", -1) if np.isnan(v) else struct.pack(">id", 8, v) for v in values[row]]
-        parts.append(b"".join(encoded))
-    parts.append(struct.pack(">h", -1))
-    return b"".join(parts)
+    columns = {
+        "pair": pgcopy.text(result["pair"].to_numpy().astype("S6")),
+        "ts_utc": pgcopy.timestamptz(stamps.astype("datetime64[us]").astype(np.int64)),
+        **{column: pgcopy.float8(result[column].to_numpy(dtype=float)) for column in COLUMNS},
+    }
+    pgcopy.copy_into(conn, PANDAS_TABLE, columns)
 
 
 def pandas_talib(dsn: str, writer: str = "csv") -> dict[str, float]:
@@ -136,8 +120,7 @@ def pandas_talib(dsn: str, writer: str = "csv") -> dict[str, float]:
             with conn.cursor().copy(f"copy {PANDAS_TABLE} from stdin (format csv)") as copy:
                 copy.write(text.getvalue())
         else:
-            with conn.cursor().copy(f"copy {PANDAS_TABLE} from stdin (format binary)") as copy:
-                copy.write(binary_copy(result))
+            copy_binary(conn, result)
         conn.execute(f"create unique index on {PANDAS_TABLE} (pair, ts_utc)")
         conn.commit()
         phases["write"] = time.perf_counter() - mark

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from bqx import server
+from bqx.bar_formats import FORMATS
 from bqx.dbt import PROJECT_DIR, run_dbt
+from bqx.raw_schema import PRICE_MAX, PRICE_MIN
 
 
 def _dsn() -> str:
@@ -54,13 +56,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_load(args: argparse.Namespace) -> int:
-    from bqx.load import format_summary, load_paths
+# exit codes of `bqx load` (README, "Your own files"; `bqx load --help`)
+LOAD_EXIT_OK = 0  # every file loaded (rejected rows are normal: they are counted and recorded)
+LOAD_EXIT_FATAL = 2  # nothing more was loaded: a bad option, the server unreachable, ...
+LOAD_EXIT_FILES_SKIPPED = 3  # some files or paths were skipped (each named, with why); the others loaded
+LOAD_EXIT_CODES = f"""exit status:
+  {LOAD_EXIT_OK}  every file loaded (rows that break a rule are rejected, counted and kept in
+     raw.m1_rejects: that is normal)
+  {LOAD_EXIT_FILES_SKIPPED}  some files or paths were not loaded (each is named on stderr with the reason);
+     all the others loaded
+  {LOAD_EXIT_FATAL}  a fatal error (a bad option, the database unreachable or failing): the load stopped
+"""
 
-    dsn = _ensure_server()
-    summary = load_paths(dsn, [Path(p) for p in args.paths], fmt=args.format, pair=args.pair)
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """`bqx load`: one line on stderr per problem, never a traceback; the exit codes above."""
+    import psycopg
+
+    from bqx.load import LoadError, PlausibleRanges, format_summary, load_paths, printable
+
+    try:
+        ranges = PlausibleRanges(
+            min_price=args.min_price, max_price=args.max_price, future_minutes=args.future_minutes
+        )
+        dsn = _ensure_server()
+        summary = load_paths(
+            dsn, args.paths, fmt=args.format, pair=args.pair, ranges=ranges, follow_symlinks=args.follow_symlinks
+        )
+    except LoadError as err:
+        print(f"bqx load: {printable(str(err))}", file=sys.stderr)
+        return LOAD_EXIT_FATAL
+    except psycopg.Error as err:
+        message = err.diag.message_primary if err.diag.message_primary else str(err)
+        print(f"bqx load: database error: {printable(' '.join(message.split()))}", file=sys.stderr)
+        return LOAD_EXIT_FATAL
     print(format_summary(summary))
-    return 0
+    for skipped in summary.skipped:
+        print(f"bqx load: skipped {printable(skipped.file)}: {printable(skipped.reason)}", file=sys.stderr)
+    return LOAD_EXIT_FILES_SKIPPED if summary.skipped else LOAD_EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -110,15 +143,41 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
     gen.add_argument("--end", required=True, help="day after the last, YYYY-MM-DD (UTC)")
     gen.add_argument("--pairs", nargs="+", default=None, help="subset of pairs (default: all 28)")
-    gen.add_argument("--format", default="csv", choices=["csv", "parquet", "histdata"])
+    gen.add_argument("--format", default="csv", choices=FORMATS)
     gen.add_argument("--seed", type=int, default=20240701)
     gen.add_argument("--out", required=True, help="output folder")
     gen.set_defaults(func=cmd_generate)
 
-    load = sub.add_parser("load", help="load bar files into raw.m1_bars")
+    load = sub.add_parser(
+        "load",
+        help="load bar files into raw.m1_bars",
+        description="Load files of 1-minute bars (csv, histdata, parquet; folders searched recursively)\n"
+        "into raw.m1_bars. Each file loads in its own transaction. A row that breaks a rule goes to\n"
+        "raw.m1_rejects with the reason; a file that cannot be loaded is named on stderr and skipped.\n"
+        "Symbolic links are not followed unless --follow-symlinks.",
+        epilog=LOAD_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     load.add_argument("paths", nargs="+", help="files or folders")
     load.add_argument("--pair", default=None, help="pair of histdata files whose name does not say it")
-    load.add_argument("--format", default=None, choices=["csv", "histdata", "parquet"])
+    load.add_argument("--format", default=None, choices=FORMATS)
+    load.add_argument(
+        "--min-price", type=float, default=PRICE_MIN, help=f"lowest plausible price (default {PRICE_MIN:g})"
+    )
+    load.add_argument(
+        "--max-price", type=float, default=PRICE_MAX, help=f"highest plausible price (default {PRICE_MAX:g})"
+    )
+    load.add_argument(
+        "--future-minutes",
+        type=float,
+        default=5.0,
+        help="how far after the load's start a bar may be (default 5): a bar cannot come from the future",
+    )
+    load.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="load what symbolic links point to (by default a link is named and skipped, never opened)",
+    )
     load.set_defaults(func=cmd_load)
 
     build = sub.add_parser("build", help="dbt build --select tag:wave1 [extra dbt arguments]")

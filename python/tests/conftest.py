@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 import pandas as pd
 import psycopg
 import pytest
-
 from bqx import server
 from bqx.dbt import run_dbt
 
@@ -60,6 +59,21 @@ def database_factory(pg_admin_dsn: str) -> Iterator[Callable[[str], str]]:
     yield make
     for name in created:
         server.drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture(scope="module")
+def shared_dsn(database_factory: Callable[[str], str], request: pytest.FixtureRequest) -> str:
+    """One database for the test module, named after it (creating and dropping databases costs
+    checkpoints: a module shares one)."""
+    return database_factory(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+
+
+@pytest.fixture()
+def dsn(shared_dsn: str) -> str:
+    """The module's database without a `raw` schema: the test starts from a fresh database state."""
+    with psycopg.connect(shared_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists raw cascade")
+    return shared_dsn
 
 
 @pytest.fixture(scope="session")
