@@ -112,8 +112,10 @@ def test_boundaries_are_shared_and_no_target_window_crosses_them(built: Built) -
     parts_seen = 0
     for part, (low, high) in {"train": (None, b1), "val": (b1, b2), "test": (b2, None)}.items():
         for path in ds.part_files(root, part):
-            table = pq.read_table(path, columns=["pair", "known_at"])
+            table = pq.read_table(path, columns=["pair", "known_at", *built.manifest["targets"]])
             pair = table.column("pair")[0].as_py()
+            # every row's targets are known: a NULL target means its window left the part
+            assert all(table.column(t).null_count == 0 for t in built.manifest["targets"]), f"{part} {pair}: a row without its target"
             known = _known_us(table)
             all_known = _known_us(extracted[pair])
             # the longest target's last bar: H bars later in the pair's own rows
@@ -121,6 +123,7 @@ def test_boundaries_are_shared_and_no_target_window_crosses_them(built: Built) -
             end = np.where(position + horizon < all_known.size, all_known[np.minimum(position + horizon, all_known.size - 1)], np.iinfo(np.int64).max)
             if low is not None:
                 assert known.min() > low, f"{part} {pair} starts before its boundary"
+            assert (end < np.iinfo(np.int64).max).all(), f"{part} {pair}: a row whose target window passes the last bar"
             if high is not None:
                 assert end.max() <= high, f"{part} {pair}: a target window reaches past the boundary"
             parts_seen += 1
@@ -153,10 +156,10 @@ def test_same_seed_and_inputs_give_identical_files_and_id(built: Built, wave1_ds
     assert result.dataset_id == built.result.dataset_id and not result.reused_dataset
     _assert_same_tree(built.result.dataset_dir, result.dataset_dir)
     # extraction itself is deterministic: a fresh extraction of a pair is byte-identical
-    features, targets = _columns()
+    catalog = feature_catalog(PROJECT_DIR)
     with ex.connect(wave1_dsn) as conn:
-        sources = ex.describe_pairs(conn, ["EURJPY"], None, None, sorted({f.model for f in feature_catalog(PROJECT_DIR).features}))
-    fresh = ex.extract_pairs(wave1_dsn, sources, features, targets, tmp_path / "fresh", reuse=False, progress=False)
+        sources = ex.describe_pairs(conn, ["EURJPY"], None, None, sorted({f.model for f in catalog.features}))
+    fresh = ex.extract_pairs(wave1_dsn, sources, catalog, tmp_path / "fresh", reuse=False, progress=False)
     assert filecmp.cmp(fresh[0].path, built.options.out / "features" / "pair=EURJPY" / "part-0.parquet", shallow=False)
     assert set(pq.ParquetFile(fresh[0].path).metadata.metadata) == {b"ARROW:schema"}  # no timestamps in the file
 
@@ -179,7 +182,7 @@ def test_interrupted_run_then_rerun_gives_the_clean_files(built: Built, wave1_ds
     calls = []
 
     def dies_on_second_pair(*args: Any, **kwargs: Any) -> ex.PairExtract:
-        calls.append(args[0].pair)
+        calls.append(args[1].pair)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real_extract(*args, **kwargs)
@@ -328,11 +331,10 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
     load_frame(dsn, bars, "bars")
     dbt_runner(dsn, "run", "--select", "tag:wave1")
     catalog = feature_catalog(PROJECT_DIR)
-    features, targets = _columns()
     models = sorted({f.model for f in catalog.features})
     with ex.connect(dsn) as conn:
         before = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
-    first = ex.extract_pairs(dsn, before, features, targets, tmp_path, progress=False)
+    first = ex.extract_pairs(dsn, before, catalog, tmp_path, progress=False)
     old = pq.read_table(first[0].path, columns=["ts_utc", "rate_mean_w15", "bqx_w15"]).to_pandas()
     # one bar in the middle of the range, corrected
     middle = pd.Timestamp("2024-07-03 12:00", tz="UTC")
@@ -346,7 +348,7 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
     dbt_runner(dsn, "run", "--select", "tag:wave1", "--vars", json.dumps({"recompute_from": middle.isoformat()}))
     with ex.connect(dsn) as conn:
         rebuilt = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
-    second = ex.extract_pairs(dsn, rebuilt, features, targets, tmp_path, progress=False)
+    second = ex.extract_pairs(dsn, rebuilt, catalog, tmp_path, progress=False)
     assert rebuilt[0].fingerprint != before[0].fingerprint
     assert [e.reused for e in second] == [False, True]
     new = pq.read_table(second[0].path, columns=["ts_utc", "rate_mean_w15", "bqx_w15"]).to_pandas()

@@ -158,3 +158,22 @@ def test_float32_only_where_the_bar_to_bar_changes_survive() -> None:
     assert not ex.needs_float64(momentum)
     assert not ex.needs_float64(hours)
     assert ex.needs_float64(np.full(10, np.nan))  # nothing measured: keep every bit
+
+
+def test_a_leaking_assignment_is_refused(three_pairs: list[sp.PairKeys]) -> None:
+    """The written parts are re-checked against the rule: a purged row put back into train, or
+    a last row without its complete target put into test, stops the builder."""
+    horizon = 60
+    plan, usable, assignments = _split(three_pairs, horizon)
+    keys, assignment = three_pairs[0], assignments[0]
+    end = sp.target_end_us(keys, horizon)
+    cuts = list(plan.boundaries)
+    sp.check_assignment(keys.pair, keys.known_at_us, end, assignment, cuts, last_open_part=True)  # the honest one passes
+    straddling = np.flatnonzero(usable[0] & (keys.known_at_us <= cuts[0]) & (end > cuts[0]))
+    last_rows = np.flatnonzero(end == sp.NO_END)
+    assert straddling.size == horizon and last_rows.size == horizon
+    for rows, code in ((straddling[:1], sp.TRAIN), (last_rows[-1:], sp.TEST)):
+        part = assignment.part.copy()
+        part[rows] = code
+        with pytest.raises(AssertionError, match="target window"):
+            sp.check_assignment(keys.pair, keys.known_at_us, end, sp.Assignment(part, assignment.counts), cuts, last_open_part=True)

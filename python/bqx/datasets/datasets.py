@@ -132,15 +132,20 @@ def pair_columns(extract: PairExtract, selected: Sequence[str], bases: Sequence[
 
 
 def write_parts(
-    writer: PartWriter, table: pa.Table, assignment: Assignment, parts: dict[int, str] = PART_NAMES
+    writer: PartWriter, table: pa.Table, assignment: Assignment, targets: Sequence[str], parts: dict[int, str] = PART_NAMES
 ) -> dict[str, int]:
-    """Write the rows of each part; return rows per part name."""
+    """Write the rows of each part (each with every target known); return rows per part name."""
     counts = {}
     for code, name in parts.items():
         index = np.flatnonzero(assignment.part == code)
         counts[name] = int(index.size)
         if index.size:
-            writer.write(name, table.take(pa.array(index)))
+            rows = table.take(pa.array(index))
+            for target in targets:
+                if rows.column(target).null_count:  # the split let in a row whose target is unknown
+                    pair = rows.column("pair")[0].as_py()
+                    raise AssertionError(f"{pair}: {rows.column(target).null_count} rows of {name} without {target}: the purge is broken")
+            writer.write(name, rows)
     return counts
 
 

@@ -1,9 +1,16 @@
-"""Extract: per pair, marts.feature_matrix joined with marts.targets, streamed from the database
-into Arrow by the ADBC PostgreSQL driver (binary COPY decoded in C, no Python object per value)
-and written to `features/pair=P/part-0.parquet` (zstd).
+"""Extract: per pair, every feature model's rows and marts.targets, read relation by relation
+and put side by side in Arrow, written to `features/pair=P/part-0.parquet` (zstd).
 
-Faster than psycopg's binary COPY decoded into NumPy, and far faster than a cursor fetch:
-`make bench` measures all three in one run (bench/bench_datasets.py).
+How it reads (measured in `make bench`, bench/bench_datasets.py, against the alternatives):
+each relation's rows of the pair come by its unique index on (pair, ts_utc), already in order,
+as a binary COPY decoded by bqx.pgcopy into NumPy (no Python object per value, no Decimal);
+every relation's minutes must equal m1_index's, checked chunk by chunk (a model missing a bar
+is an error, where the feature_matrix view's left joins would give NULLs silently). The
+`feature_matrix` view holds the same columns (generated from the same registry as the catalog)
+but the server joins 14 wide relations for it; reading them one by one costs it less, and
+pgcopy's decoding of fixed-width rows costs the client less than the ADBC driver's general
+one. NULL travels as NaN with each row's count of NULLs beside it, so a NaN stored in the
+database is still told apart from a NULL (and flagged by the validation).
 
 What a pair's file holds, in this order:
 - `pair`, `ts_utc` (bar open, UTC), `known_at` (= ts_utc + 1 minute, the bar's close: when the
@@ -13,11 +20,11 @@ What a pair's file holds, in this order:
   float64 (integers and flags become float32: exact below 2^24);
 - every target column, float64 (an R^2 is a ratio of sums of squares of small numbers).
 
-float32 or float64, per column and pair, measured on the pair's first rows: a column becomes
-float32 when every value is exact in float32 (counters, flags, hours) or when the float32
-rounding error stays below FLOAT32_TOLERANCE of the column's median bar-to-bar change (its
-information is in those changes: a rate_index level ~100 moving 1e-3 per bar would lose it,
-a bqx value ~1e-4 would not). The decision is written beside the file (`_source.json`).
+float32 or float64, per column and pair, measured on the pair's first ROW_GROUP_ROWS rows: a
+column becomes float32 when every value is exact in float32 (counters, flags, hours) or when the
+float32 rounding error stays below FLOAT32_TOLERANCE of the column's median bar-to-bar change
+(its information is in those changes: a rate_index level ~100 moving 1e-3 per bar would lose
+it, a bqx value ~1e-4 would not). The decision is written beside the file (`_source.json`).
 
 Reuse: a pair is extracted again only when its source fingerprint (see `source_fingerprint`),
 the column list or the range changed; files appear complete or not at all (written aside,
@@ -26,10 +33,11 @@ then renamed).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,17 +46,18 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from psycopg import sql
 
+from bqx import pgcopy
 from bqx.datasets.files import atomic_write_text, temporary_path
 from bqx.datasets.options import DatasetError
 
 # Version of what an extracted file holds: a change here re-extracts every pair.
-EXTRACT_FORMAT = 1
+EXTRACT_FORMAT = 2
+READ_CONNECTIONS = 2  # relations read at once (two cores: one server process sends while the client decodes)
 FLOAT32_TOLERANCE = 1e-3  # largest float32 rounding error, as a share of the median |Δx| per bar
-PRECISION_ROWS = 16_384  # rows measured before a pair's column types are fixed
-PRECISION_MIN_VALUES = 1_000  # non-NULL values a column needs for its measurement
-PRECISION_MAX_ROWS = 65_536  # ... but never more rows than this held back before writing
-ROW_GROUP_ROWS = 65_536  # fixed row groups: the same rows give byte-identical files
+ROW_GROUP_ROWS = 65_536  # rows read at a time and per row group: the same rows give byte-identical files
+MINUTE_US = 60_000_000
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "use_dictionary": ["pair"], "write_statistics": True}
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 KEY_COLUMNS = ("pair", "ts_utc", "known_at", "bar_number")
@@ -244,22 +253,6 @@ def needs_float64(values: np.ndarray) -> bool:
     return bool(error.max() > FLOAT32_TOLERANCE * np.median(steps))
 
 
-def choose_float64(table: pa.Table, features: Sequence[str]) -> list[str]:
-    """The feature columns of `table` (a pair's first rows) that must stay float64."""
-    chosen = []
-    for name in features:
-        column = table.column(name)
-        if not pa.types.is_floating(column.type) and not pa.types.is_decimal(column.type):
-            if pa.types.is_integer(column.type):
-                values = column.to_numpy(zero_copy_only=False).astype(np.float64)
-                if np.nanmax(np.abs(values), initial=0) >= 2**24:
-                    chosen.append(name)
-            continue
-        if needs_float64(column.cast(pa.float64()).to_numpy(zero_copy_only=False)):
-            chosen.append(name)
-    return chosen
-
-
 def output_schema(features: Sequence[str], targets: Sequence[str], float64_columns: Sequence[str]) -> pa.Schema:
     wide = set(float64_columns)
     fields = [
@@ -273,88 +266,195 @@ def output_schema(features: Sequence[str], targets: Sequence[str], float64_colum
     return pa.schema(fields)
 
 
-def _conform(table: pa.Table, schema: pa.Schema, first_bar_number: int) -> pa.Table:
-    """Cast a slice of query rows to the file's schema, adding known_at and bar_number."""
-    ts = table.column("ts_utc").cast(TIMESTAMP)
-    known_at = pa.compute.add(ts, pa.scalar(dt.timedelta(minutes=1), pa.duration("us")))
-    numbers = pa.array(np.arange(first_bar_number, first_bar_number + table.num_rows, dtype=np.int64))
-    columns = [table.column("pair").cast(pa.string()), ts, known_at.cast(TIMESTAMP), numbers]
+@dataclass(frozen=True)
+class Relation:
+    """A relation read side by side with the others: its columns and their names in the file."""
+
+    name: str  # e.g. "features.reg_rate"
+    columns: tuple[str, ...]  # its columns, e.g. ("reg_a_w60", ...)
+    output: tuple[str, ...]  # the same columns' names in the file, e.g. ("rate_reg_a_w60", ...)
+    sql_types: tuple[str, ...]  # information_schema data_type of each column
+
+
+def plan_relations(conn: psycopg.Connection, catalog: Any) -> list[Relation]:
+    """Every feature model of the catalog (in feature_matrix's column order), then marts.targets,
+    with each column's type as the database holds it (booleans and integers travel as float8)."""
+    wanted: list[tuple[str, list[tuple[str, str]]]] = [
+        (f"features.{model}", [(f.column, f.matrix_column) for f in columns]) for model, columns in catalog.by_model().items()
+    ]
+    wanted.append(("marts.targets", [(t.column, t.column) for t in catalog.targets]))
+    types = {
+        (f"{schema}.{table}", column): data_type
+        for schema, table, column, data_type in conn.execute(
+            "select table_schema, table_name, column_name, data_type from information_schema.columns where table_schema in ('features', 'marts')"
+        )
+    }
+    relations = []
+    for name, pairs in wanted:
+        missing = [column for column, _ in pairs if (name, column) not in types]
+        if missing:
+            raise DatasetError(f"{name} lacks the column {missing[0]} of the feature catalog: run `bqx build` (or `bqx build --full-refresh` after a change of vars)")
+        relations.append(Relation(name, tuple(c for c, _ in pairs), tuple(o for _, o in pairs), tuple(types[(name, c)] for c, _ in pairs)))
+    return relations
+
+
+def _as_float8(column: str, sql_type: str) -> sql.Composable:
+    """The column as a float8 that is never NULL: NULL travels as NaN (told apart below)."""
+    ident = sql.Identifier(column)
+    if sql_type == "boolean":
+        value = sql.SQL("{}::int::float8").format(ident)
+    elif sql_type == "double precision":
+        value = ident
+    else:
+        value = sql.SQL("{}::float8").format(ident)
+    return sql.SQL("coalesce({}, 'NaN')").format(value)
+
+
+def relation_query(relation: Relation, pair: str, first: dt.datetime, last: dt.datetime) -> sql.Composed:
+    """One pair's rows of `relation` in [first, last], in ts_utc order (its unique index on
+    (pair, ts_utc)): ts_utc, how many of the columns are NULL, then every column as a float8."""
+    return sql.SQL("select ts_utc, num_nulls({columns})::int4, {values} from {table} where pair = {pair} and ts_utc >= {first} and ts_utc <= {last} order by ts_utc").format(
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in relation.columns),
+        values=sql.SQL(", ").join(_as_float8(c, t) for c, t in zip(relation.columns, relation.sql_types)),
+        table=sql.Identifier(*relation.name.split(".")),
+        pair=sql.Literal(pair),
+        first=sql.Literal(first),
+        last=sql.Literal(last),
+    )
+
+
+def read_keys_between(conn: psycopg.Connection, pair: str, first: dt.datetime, last: dt.datetime) -> np.ndarray:
+    """The pair's bar minutes in [first, last] (µs since the Unix epoch, UTC), from m1_index."""
+    query = sql.SQL("select ts_utc from staging.m1_index where pair = {} and ts_utc >= {} and ts_utc <= {} order by ts_utc").format(
+        sql.Literal(pair), sql.Literal(first), sql.Literal(last)
+    )
+    (ts,) = pgcopy.read_copy(conn, query.as_string(conn), [">i8"])
+    return ts + pgcopy.PG_EPOCH_US
+
+
+def read_relation(conn: psycopg.Connection, relation: Relation, pair: str, keys_us: np.ndarray) -> dict[str, pa.Array]:
+    """`relation`'s columns on the rows of `keys_us` (consecutive minutes of one pair), as Arrow
+    float64 arrays with NULLs kept as NULLs (a NaN stored in the database stays NaN).
+
+    Binary COPY decoded by bqx.pgcopy: every field is sent as a float8 that is never NULL (NULL
+    as NaN), so each row has a fixed width and NumPy decodes the whole stream at once; the row's
+    count of NULLs, sent beside, tells a NULL from a stored NaN (rows where they disagree are
+    asked again, column by column: rare, and only on broken data)."""
+    first, last = (dt.datetime.fromtimestamp(int(us) / 1e6, dt.UTC) for us in (keys_us[0], keys_us[-1]))
+    wire = [">i8", ">i4", *([">f8"] * len(relation.columns))]
+    ts, nulls, *values = pgcopy.read_copy(conn, relation_query(relation, pair, first, last).as_string(conn), wire)
+    ts = ts + pgcopy.PG_EPOCH_US
+    if ts.size != keys_us.size or (ts != keys_us).any():
+        missing = np.setdiff1d(keys_us, ts)
+        at = missing[0] if missing.size else np.setdiff1d(ts, keys_us)[0] if np.setdiff1d(ts, keys_us).size else keys_us[0]
+        raise DatasetError(
+            f"{relation.name} does not hold exactly the bars of {pair} (first difference at "
+            f"{dt.datetime.fromtimestamp(int(at) / 1e6, dt.UTC):%Y-%m-%d %H:%M}): run `bqx build`"
+        )
+    is_nan = [np.isnan(v) for v in values]
+    null = list(is_nan)
+    nan_count = np.sum(is_nan, axis=0) if is_nan else np.zeros(ts.size, dtype=np.int64)
+    disagree = np.flatnonzero(nan_count != nulls)
+    if disagree.size:  # a NaN stored in the database: find which fields are NULL on those rows
+        flags = _null_flags(conn, relation, pair, ts[disagree])
+        for j in range(len(values)):
+            null[j] = null[j].copy()
+            null[j][disagree] = flags[j]
+    return {name: pa.array(v, type=pa.float64(), mask=n if n.any() else None) for name, v, n in zip(relation.output, values, null)}
+
+
+def _null_flags(conn: psycopg.Connection, relation: Relation, pair: str, ts_us: np.ndarray) -> list[np.ndarray]:
+    """Which columns of `relation` are NULL on the given rows (in ts_utc order)."""
+    minutes = [dt.datetime.fromtimestamp(int(us) / 1e6, dt.UTC) for us in ts_us]
+    query = sql.SQL("select ts_utc, {flags} from {table} where pair = {pair} and ts_utc = any({minutes}) order by ts_utc").format(
+        flags=sql.SQL(", ").join(sql.SQL("({} is null)::int4").format(sql.Identifier(c)) for c in relation.columns),
+        table=sql.Identifier(*relation.name.split(".")),
+        pair=sql.Literal(pair),
+        minutes=sql.Literal(minutes),
+    )
+    _, *flags = pgcopy.read_copy(conn, query.as_string(conn), [">i8", *([">i4"] * len(relation.columns))])
+    return [f.astype(bool) for f in flags]
+
+
+def read_rows(conns: Sequence[psycopg.Connection], relations: Sequence[Relation], pair: str, keys_us: np.ndarray) -> dict[str, pa.Array]:
+    """Every relation's columns on the rows of `keys_us`, side by side (keys checked per relation).
+
+    The relations are shared out between the connections, read at the same time by one thread
+    each: the server sends one relation while the client decodes another (psycopg waits on the
+    socket without the GIL); measured 1.2-1.3x faster with two connections than with one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups = [list(relations[i :: len(conns)]) for i in range(len(conns))]
+
+    def read_group(index: int) -> dict[str, pa.Array]:
+        columns: dict[str, pa.Array] = {}
+        for relation in groups[index]:
+            columns.update(read_relation(conns[index], relation, pair, keys_us))
+        return columns
+
+    with ThreadPoolExecutor(len(conns)) as pool:
+        parts = list(pool.map(read_group, range(len(conns))))
+    merged = {name: array for part in parts for name, array in part.items()}
+    return {name: merged[name] for relation in relations for name in relation.output}  # the catalog's order
+
+
+def choose_float64(columns: dict[str, pa.Array], features: Sequence[str]) -> list[str]:
+    """The feature columns (a pair's first rows, float64) that must stay float64."""
+    return [name for name in features if needs_float64(columns[name].to_numpy(zero_copy_only=False))]
+
+
+def _chunk_table(pair: str, keys_us: np.ndarray, columns: dict[str, pa.Array], schema: pa.Schema, first_bar_number: int) -> pa.Table:
+    """One chunk of a pair's rows in the file's schema (float32 casts where chosen)."""
+    ts = pa.array(keys_us, type=pa.int64()).cast(TIMESTAMP)
+    known_at = pa.array(keys_us + MINUTE_US, type=pa.int64()).cast(TIMESTAMP)
+    arrays = [pa.array([pair] * keys_us.size, type=pa.string()), ts, known_at, pa.array(np.arange(first_bar_number, first_bar_number + keys_us.size, dtype=np.int64))]
     for field in list(schema)[len(KEY_COLUMNS) :]:
-        columns.append(table.column(field.name).cast(field.type, safe=False))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _fixed_chunks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
-    """Re-cut a stream of batches into tables of exactly `rows` rows (the last one shorter)."""
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    for batch in batches:
-        pending.append(batch)
-        held += batch.num_rows
-        while held >= rows:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows).combine_chunks()
-            rest = table.slice(rows).combine_chunks()
-            pending = rest.to_batches() if rest.num_rows else []
-            held = rest.num_rows
-    if held:
-        yield pa.Table.from_batches(pending).combine_chunks()
+        arrays.append(columns[field.name].cast(field.type, safe=False))  # float64 -> float32: round to nearest
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def extract_pair(
+    conns: Sequence[psycopg.Connection],
     source: PairSource,
+    relations: Sequence[Relation],
     features: Sequence[str],
     targets: Sequence[str],
     folder: Path,
-    batches: Callable[[str], Iterator[pa.RecordBatch]],
     progress: bool = True,
 ) -> PairExtract:
-    """Stream one pair into `folder/part-0.parquet`: a fixed number of rows in memory at a time."""
+    """Read one pair relation by relation, ROW_GROUP_ROWS rows at a time, into
+    `folder/part-0.parquet`: one chunk of the pair in memory at a time."""
     from tqdm import tqdm
 
-    query = extraction_query(source, features, targets)
+    if not source.pair.isalnum():
+        raise DatasetError(f"not a pair name: {source.pair!r}")
+    keys = read_keys_between(conns[0], source.pair, source.first_ts, source.last_ts)
+    if keys.size != source.rows:
+        raise DatasetError(f"{source.pair}: m1_index now holds {keys.size} bars in the range, not {source.rows}: was `bqx build` running? run again")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "part-0.parquet"
-    stream = _fixed_chunks(iter(batches(query)), ROW_GROUP_ROWS // 4)
-    held: list[pa.Table] = []
-    held_rows = 0
     bar = tqdm(total=source.rows, unit="rows", unit_scale=True, desc=f"extract {source.pair}", disable=not progress, leave=False)
-    # hold back the first rows until every column has enough values to measure its precision
-    for chunk in stream:
-        held.append(chunk)
-        held_rows += chunk.num_rows
-        if held_rows >= PRECISION_MAX_ROWS or (held_rows >= PRECISION_ROWS and _measurable(pa.concat_tables(held), features)):
-            break
-    if not held:
-        raise DatasetError(f"{source.pair}: the feature matrix returned no rows between {source.first_ts} and {source.last_ts}: run `bqx build`")
-    head = pa.concat_tables(held)
-    float64_columns = choose_float64(head, features)
-    schema = output_schema(features, targets, float64_columns)
-    rows = 0
+    float64_columns: list[str] = []
     with temporary_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer:
-            buffer: list[pa.Table] = []
-            buffered = 0
-            for chunk in _chain(held, stream):
-                table = _conform(chunk, schema, source.bars_before + 1 + rows)
-                rows += table.num_rows
-                bar.update(table.num_rows)
-                buffer.append(table)
-                buffered += table.num_rows
-                if buffered >= ROW_GROUP_ROWS:
-                    combined = pa.concat_tables(buffer)
-                    writer.write_table(combined.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
-                    rest = combined.slice(ROW_GROUP_ROWS)
-                    buffer, buffered = ([rest] if rest.num_rows else []), rest.num_rows
-            if buffered:
-                writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP_ROWS)
+        writer = None
+        try:
+            for start in range(0, keys.size, ROW_GROUP_ROWS):
+                chunk_keys = keys[start : start + ROW_GROUP_ROWS]
+                columns = read_rows(conns, relations, source.pair, chunk_keys)
+                if writer is None:  # the first rows decide each column's precision
+                    float64_columns = choose_float64(columns, features)
+                    schema = output_schema(features, targets, float64_columns)
+                    writer = pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)
+                writer.write_table(_chunk_table(source.pair, chunk_keys, columns, schema, source.bars_before + 1 + start), row_group_size=ROW_GROUP_ROWS)
+                bar.update(chunk_keys.size)
+        finally:
+            if writer is not None:
+                writer.close()
     bar.close()
-    if rows != source.rows:
-        raise DatasetError(f"{source.pair}: {rows} rows extracted but m1_index holds {source.rows} in the range: was `bqx build` running? run again")
     extract = PairExtract(
         pair=source.pair,
         path=path,
-        rows=rows,
+        rows=int(keys.size),
         first_ts=source.first_ts.astimezone(dt.UTC).isoformat(),
         last_ts=source.last_ts.astimezone(dt.UTC).isoformat(),
         bars_before=source.bars_before,
@@ -364,16 +464,6 @@ def extract_pair(
     )
     atomic_write_text(folder / SOURCE_FILE, json.dumps(_record(extract), indent=2) + "\n")
     return extract
-
-
-def _measurable(table: pa.Table, features: Sequence[str]) -> bool:
-    return all(table.num_rows - table.column(name).null_count >= PRECISION_MIN_VALUES for name in features)
-
-
-def _chain(first: list[pa.Table], rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    while first:
-        yield first.pop(0)  # drop each held table as soon as it is written
-    yield from rest
 
 
 def _record(extract: PairExtract) -> dict[str, Any]:
@@ -413,24 +503,29 @@ def reusable(source: PairSource, features: Sequence[str], targets: Sequence[str]
 def extract_pairs(
     dsn: str,
     sources: Sequence[PairSource],
-    features: Sequence[str],
-    targets: Sequence[str],
+    catalog: Any,
     out: Path,
     *,
     reuse: bool = True,
     progress: bool = True,
-    batches: Callable[[str], Iterator[pa.RecordBatch]] | None = None,
 ) -> list[PairExtract]:
     """Extract every pair (reusing unchanged ones) into `out/features/pair=P/`."""
-    reader = batches or (lambda query: adbc_batches(dsn, query))
+    features = [f.matrix_column for f in catalog.features]
+    targets = [t.column for t in catalog.targets]
     done = []
-    for source in sources:
-        folder = out / "features" / f"pair={source.pair}"
-        previous = reusable(source, features, targets, folder) if reuse else None
-        if previous is None:
-            (folder / SOURCE_FILE).unlink(missing_ok=True)  # the old file no longer describes the source
-            previous = extract_pair(source, features, targets, folder, reader, progress)
-        done.append(previous)
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(connect(dsn)) for _ in range(READ_CONNECTIONS)]
+        first = conns[0]
+        for conn in conns:
+            conn.execute("set max_parallel_workers_per_gather = 0")  # one pair's index range: no parallel plan pays
+        relations = plan_relations(first, catalog)
+        for source in sources:
+            folder = out / "features" / f"pair={source.pair}"
+            previous = reusable(source, features, targets, folder) if reuse else None
+            if previous is None:
+                (folder / SOURCE_FILE).unlink(missing_ok=True)  # the old file no longer describes the source
+                previous = extract_pair(conns, source, relations, features, targets, folder, progress)
+            done.append(previous)
     return done
 
 

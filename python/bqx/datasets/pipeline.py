@@ -272,7 +272,7 @@ def build_manifest(
     selection: sel.Selection,
     selected_types: dict[str, pa.DataType],
     folds: list[dict[str, Any]],
-    code_hash: str,
+    builder_state: dict[str, Any],
     catalog_digest: str,
     validation: dict[str, Any],
 ) -> dict[str, Any]:
@@ -292,7 +292,7 @@ def build_manifest(
     return {
         "id": identifier,
         "rebuild": "python python/build_datasets.py " + " ".join(_cli_args(options)),
-        "builder": {"code_sha256": code_hash, **ds.git_state(), "libraries": ds.library_versions()},
+        "builder": builder_state,
         "options": options.identity(),
         "dbt_vars": dbt_vars(PROJECT_DIR) | options.dbt_var_overrides(),
         "dbt_var_overrides": options.dbt_var_overrides(),
@@ -368,7 +368,7 @@ def _write_dataset(
     counts = {}
     for r in tqdm(rows, desc="write datasets", disable=not options.progress, leave=False):
         table = ds.pair_columns(r.extract, selection.selected, features, targets)
-        counts[r.extract.pair] = ds.write_parts(writer, table, r.assignment)
+        counts[r.extract.pair] = ds.write_parts(writer, table, r.assignment, targets)
     folds = []
     for k in range(len(plan.fold_cuts)):
         assignments = [sp.fold_pair(r.keys, r.usable, plan, k) for r in rows]
@@ -378,7 +378,7 @@ def _write_dataset(
         fold_counts = {}
         for r, assignment in zip(rows, assignments):
             table = ds.pair_columns(r.extract, fold_selection.selected, features, targets)
-            fold_counts[r.extract.pair] = ds.write_parts(fold_writer, table, assignment, {sp.TRAIN: "train", sp.VAL: "val"})
+            fold_counts[r.extract.pair] = ds.write_parts(fold_writer, table, assignment, targets, {sp.TRAIN: "train", sp.VAL: "val"})
         fold_selection.importances.to_csv(tmp / "folds" / str(k + 1) / "importances.csv", index=False)
         folds.append(
             {
@@ -398,6 +398,11 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     """Build (or reuse) the datasets and the report; raise DatasetError with what to do."""
     from bqx import server
 
+    # the code this process runs, hashed before anything else: the id must name the code that
+    # writes the files, not files edited while a long run went on (a demo dataset once carried
+    # the id of code edited mid-run and files written by the code loaded before the edit)
+    code_hash = ds.builder_code_hash(project_dir)
+    builder_state = {"code_sha256": code_hash, **ds.git_state(project_dir), "libraries": ds.library_versions()}
     check_options(options)
     out = options.out.resolve()
     options = dataclasses.replace(options, out=out)
@@ -423,13 +428,12 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
         sources = ex.describe_pairs(conn, pairs, options.start, options.end, models)
     _, end_ts = ex._bounds(options.start, options.end)
     _check_long_enough(sources, catalog.longest_warmup_bars, lg.longest(options.lags))
-    extracts = ex.extract_pairs(dsn, sources, features, targets, out, reuse=options.reuse, progress=options.progress)
+    extracts = ex.extract_pairs(dsn, sources, catalog, out, reuse=options.reuse, progress=options.progress)
     reused_pairs = sum(e.reused for e in extracts)
     _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
     digest = catalog_hash(catalog)
     validation = validated(dsn, extracts, catalog, options, end_ts, digest)
 
-    code_hash = ds.builder_code_hash(project_dir)
     identifier = ds.dataset_id(extracts, options.identity(), digest, code_hash)
     datasets_dir = out / "datasets"
     root = datasets_dir / identifier
@@ -455,7 +459,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
                 options.seed,
                 options.progress,
             )
-            manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, code_hash, digest, validation)
+            manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation)
             manifest["training"] = {
                 "train_rows": train_rows,
                 "train_rows_sampled": int(train_set.y.shape[0]),
@@ -489,6 +493,7 @@ def closing_note(result: BuildResult) -> str:
         *[f"  {model:<9} " + " ".join(f"{v:>9.5f}" for v in table.loc[model]) for model in table.index],
         f"peak memory of the builder: {_peak_rss_mib():,.0f} MiB",
         f"report: {result.report}",
+        f"  e.g. the R² heat-map (pairs × horizons): {result.report.parent / 'r2_heatmap.png'}",
     ]
     return "\n".join(lines)
 
@@ -496,7 +501,10 @@ def closing_note(result: BuildResult) -> str:
 def _peak_rss_mib() -> float:
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # the builder's own peak, or its largest child's (dbt for the look-ahead rebuilds) if larger:
+    # the figure `/usr/bin/time -v` reports as "Maximum resident set size"
+    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak_kib / 1024  # KiB on Linux
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "build_datasets.py") -> int:

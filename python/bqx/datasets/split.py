@@ -111,6 +111,19 @@ def assign(
     return Assignment(part=part, counts=counts)
 
 
+def check_assignment(pair: str, known_at: np.ndarray, end: np.ndarray, assignment: Assignment, cuts: list[int], last_open_part: bool) -> None:
+    """Re-check each assigned row against the rule, independently of `assign`: its known_at and
+    its longest target's end inside its part, the target complete. A row that breaks it would be
+    a look-ahead leak in the written files, so it stops the builder (naming pair, part, minute)."""
+    edges = [np.iinfo(np.int64).min, *cuts] + ([NO_END - 1] if last_open_part else [])
+    for code in range(1, len(edges)):
+        rows = np.flatnonzero(assignment.part == code)
+        bad = rows[(known_at[rows] <= edges[code - 1]) | (known_at[rows] > edges[code]) | (end[rows] > edges[code]) | (end[rows] == NO_END)]
+        if bad.size:
+            minute = np.datetime64(int(known_at[bad[0]] - MINUTE_US), "us")
+            raise AssertionError(f"{pair}: row at {minute} assigned to part {code} although its target window is not inside it")
+
+
 @dataclass(frozen=True)
 class SplitPlan:
     """The instants every pair is split at (µs since the epoch, UTC)."""
@@ -137,11 +150,15 @@ def plan_split(
 def split_pair(keys: PairKeys, usable: np.ndarray, plan: SplitPlan) -> Assignment:
     """train / val / test of one pair's rows."""
     end = target_end_us(keys, plan.longest_horizon)
-    return assign(keys.known_at_us, end, usable, list(plan.boundaries), plan.embargo_bars, last_open_part=True)
+    assignment = assign(keys.known_at_us, end, usable, list(plan.boundaries), plan.embargo_bars, last_open_part=True)
+    check_assignment(keys.pair, keys.known_at_us, end, assignment, list(plan.boundaries), last_open_part=True)
+    return assignment
 
 
 def fold_pair(keys: PairKeys, usable: np.ndarray, plan: SplitPlan, fold: int) -> Assignment:
     """train / val of walk-forward fold `fold` (0-based) for one pair."""
     end = target_end_us(keys, plan.longest_horizon)
     train_end, val_end = plan.fold_cuts[fold]
-    return assign(keys.known_at_us, end, usable, [train_end, val_end], plan.embargo_bars, last_open_part=False)
+    assignment = assign(keys.known_at_us, end, usable, [train_end, val_end], plan.embargo_bars, last_open_part=False)
+    check_assignment(keys.pair, keys.known_at_us, end, assignment, [train_end, val_end], last_open_part=False)
+    return assignment

@@ -111,6 +111,8 @@ def fit_and_score(
     sums: dict[tuple[str, str, str], list[float]] = {}
     frames = []
     for chunk in test():
+        if not np.isfinite(chunk.y).all():  # an R^2 over a NaN target would be NaN, or silently skip rows
+            raise ValueError(f"{chunk.pair}: a test row without a finite target: the split is broken")
         frame = {"pair": np.full(chunk.known_at_us.size, chunk.pair), "known_at_us": chunk.known_at_us}
         for t, target in enumerate(targets):
             truth = chunk.y[:, t]
