@@ -1,16 +1,17 @@
 """The dataset builder: extraction throughput three ways, then the whole builder's wall time and
 peak memory, in one run on the shared benchmark database (28 pairs × 1 month, wave 1 built).
 
-1. Extraction of marts.feature_matrix joined with marts.targets, every column, per pair
-   (BENCH_EXTRACT_PAIRS pairs, the same rows for each reader), best of REPEAT:
-   - `adbc`: the builder's reader, the ADBC PostgreSQL driver (binary COPY decoded into Arrow
-     in C), record batches only (`extract.adbc.*`), and the builder's whole extraction step
-     incl. float32 casts and the zstd Parquet file (`extract.adbc_parquet.*`);
-   - `psycopg_copy_numpy`: psycopg binary COPY, the bytes parsed by one NumPy structured dtype
-     (every column sent as float8 with NULL coalesced to NaN, so the rows have a fixed width;
-     it loses the NULL/NaN distinction the validation needs, which only flatters it);
-   - `psycopg_fetch`: the plain cursor a user would write, `cur.execute(...)`, `fetchall()`,
-     one Python object per value.
+1. Extraction of every feature column and every target, per pair (BENCH_EXTRACT_PAIRS pairs, the
+   same rows for each reader), best of REPEAT:
+   - `relations_pgcopy`: the builder's reader (bqx.datasets.extract.read_rows): each feature
+     model's and marts.targets' rows of the pair by index, as binary COPY decoded by bqx.pgcopy
+     into NumPy, on two connections at once, put side by side in Arrow (keys checked, NULLs kept);
+   - `builder_parquet`: the builder's whole extraction step, the above plus the float32 decision,
+     the casts and the zstd Parquet file per pair;
+   - `view_adbc`: marts.feature_matrix left-joined with marts.targets, read by the ADBC
+     PostgreSQL driver (binary COPY decoded into Arrow in C): the builder's first reader;
+   - `psycopg_fetch`: the plain cursor a user would write on the same view query,
+     `cur.execute(...)`, `fetchall()`, one Python object per value: the baseline.
    Rows/s and values/s (rows × columns); ratios against the plain cursor fetch.
 2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
    RSS (`builder.*`), the first (cold) run; goals at FX-year size: <= 5 minutes, <= 4 GiB.
@@ -18,60 +19,52 @@ peak memory, in one run on the shared benchmark database (28 pairs × 1 month, w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PROJECT_DIR, bench_database, best_of, record  # noqa: E402
 
-from bqx.catalog import feature_catalog  # noqa: E402
-from bqx.project import dbt_vars  # noqa: E402
+from bqx.catalog import FeatureCatalog, feature_catalog  # noqa: E402
 from bqx.datasets import extract as ex  # noqa: E402
+from bqx.project import dbt_vars  # noqa: E402
 
 REPEAT = 2
 BENCH_EXTRACT_PAIRS = 4
 
 
-def psycopg_copy_numpy(dsn: str, source: ex.PairSource, features: list[str], targets: list[str]) -> int:
-    """Binary COPY parsed by NumPy; returns the rows read."""
-    columns = [*features, *targets]
-    query = ex.extraction_query(source, features, targets, wrap="coalesce({}::float8, 'NaN')").replace("matrix.pair,\n", "", 1)
-    with psycopg.connect(dsn) as conn:  # booleans (session flags) go through int: no boolean -> float8 cast
-        flags = [r[0] for r in conn.execute("select column_name from information_schema.columns where table_schema = 'marts' and table_name = 'feature_matrix' and data_type = 'boolean'")]
-    for flag in flags:
-        query = query.replace(f"coalesce(matrix.{flag}::float8,", f"coalesce(matrix.{flag}::int::float8,")
-    sql = f"copy ({query}) to stdout (format binary)"
-    record_type = np.dtype([("n", ">i2"), ("ts_len", ">i4"), ("ts", ">i8"), *[x for i in range(len(columns)) for x in ((f"l{i}", ">i4"), (f"v{i}", ">f8"))]])
-    buffer = bytearray()
-    with psycopg.connect(dsn) as conn, conn.cursor().copy(sql) as copy:
-        for data in copy:
-            buffer += data
-    body = memoryview(buffer)[19:-2]  # header (signature, flags, extension) and trailer
-    rows = np.frombuffer(body, dtype=record_type)
-    values = np.empty((rows.size, len(columns)), dtype=np.float64)
-    for i in range(len(columns)):
-        values[:, i] = rows[f"v{i}"]
-    return int(rows.size)
+def relations_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> int:
+    """The builder's reader, without the Parquet file; returns the rows read."""
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(ex.connect(dsn)) for _ in range(ex.READ_CONNECTIONS)]
+        relations = ex.plan_relations(conns[0], catalog)
+        for source in sources:
+            keys = ex.read_keys_between(conns[0], source.pair, source.first_ts, source.last_ts)
+            for start in range(0, keys.size, ex.ROW_GROUP_ROWS):
+                chunk = keys[start : start + ex.ROW_GROUP_ROWS]
+                columns = ex.read_rows(conns, relations, source.pair, chunk)
+                rows += len(next(iter(columns.values())))
+    return rows
+
+
+def view_adbc(dsn: str, source: ex.PairSource, features: list[str], targets: list[str]) -> int:
+    return sum(batch.num_rows for batch in ex.adbc_batches(dsn, ex.extraction_query(source, features, targets)))
 
 
 def psycopg_fetch(dsn: str, source: ex.PairSource, features: list[str], targets: list[str]) -> int:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(ex.extraction_query(source, features, targets)).fetchall()
     return len(rows)
-
-
-def adbc_batches_only(dsn: str, source: ex.PairSource, features: list[str], targets: list[str]) -> int:
-    return sum(batch.num_rows for batch in ex.adbc_batches(dsn, ex.extraction_query(source, features, targets)))
 
 
 def main() -> int:
@@ -90,19 +83,19 @@ def main() -> int:
         seconds: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="bqx_extract_bench_") as tmp:
             readers = {
-                "adbc": lambda: sum(adbc_batches_only(bench.dsn, s, features, targets) for s in sources),
-                "adbc_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, features, targets, Path(tmp), reuse=False, progress=False)),
-                "psycopg_copy_numpy": lambda: sum(psycopg_copy_numpy(bench.dsn, s, features, targets) for s in sources),
+                "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
+                "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
+                "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
                 "psycopg_fetch": lambda: sum(psycopg_fetch(bench.dsn, s, features, targets) for s in sources),
             }
             for name, action in readers.items():
                 seconds[name], _ = best_of(REPEAT, action)
         what = f"{len(sources)} pairs × 1 month, {rows:,} rows × {width} columns, best of {REPEAT}"
         labels = {
-            "adbc": "ADBC PostgreSQL driver, binary COPY into Arrow record batches (the builder's reader)",
-            "adbc_parquet": "the builder's extraction step: ADBC + float32 casts + zstd Parquet file per pair",
-            "psycopg_copy_numpy": "psycopg binary COPY parsed by a NumPy structured dtype (NULL sent as NaN)",
-            "psycopg_fetch": "plain psycopg cursor.fetchall(), one Python object per value",
+            "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
+            "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
+            "view_adbc": "the feature_matrix view joined with targets, ADBC PostgreSQL driver (binary COPY into Arrow in C)",
+            "psycopg_fetch": "plain psycopg cursor.fetchall() of the view query, one Python object per value",
         }
         for name, value in seconds.items():
             record(f"extract.{name}.rows_per_s", rows / value, "rows/s", f"{labels[name]}; {what} (goal ≥ 100k rows/s at 300+ columns)")
