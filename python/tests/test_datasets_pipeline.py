@@ -355,3 +355,17 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
     at = new["ts_utc"] == middle
     assert (new.loc[at, "bqx_w15"].to_numpy() != old.loc[at, "bqx_w15"].to_numpy()).all()
     assert (new["rate_mean_w15"] != old["rate_mean_w15"]).sum() >= 1
+    # a NaN stored in a feature table stays NaN in the file (NULLs travel as NaN on the wire, so
+    # the row's NULL count tells them apart), and a missing model row stops the extraction
+    with ex.connect(dsn) as conn:
+        conn.execute("update features.bqx set bqx_w15 = 'NaN' where pair = 'EURUSD' and ts_utc = %s", (middle,))
+    nan_stored = ex.extract_pairs(dsn, rebuilt[:1], catalog, tmp_path / "nan", reuse=False, progress=False)[0]
+    column = pq.read_table(nan_stored.path, columns=["ts_utc", "bqx_w15"])
+    row = int(np.flatnonzero(column.column("ts_utc").to_pandas() == middle)[0])
+    assert column.column("bqx_w15")[row].is_valid and np.isnan(column.column("bqx_w15")[row].as_py())
+    assert column.column("bqx_w15").null_count == pq.read_table(second[0].path, columns=["bqx_w15"]).column("bqx_w15").null_count
+    assert [p.column for p in va.check_values(nan_stored, ["bqx_w15"])] == ["bqx_w15"]
+    with ex.connect(dsn) as conn:
+        conn.execute("delete from features.volume_features where pair = 'EURUSD' and ts_utc = %s", (middle,))
+    with pytest.raises(DatasetError, match="features.volume_features does not hold exactly the bars of EURUSD"):
+        ex.extract_pairs(dsn, rebuilt[:1], catalog, tmp_path / "missing", reuse=False, progress=False)
