@@ -20,7 +20,7 @@ What a pair's file holds, in this order:
   float64 (integers and flags become float32: exact below 2^24);
 - every target column, float64 (an R^2 is a ratio of sums of squares of small numbers).
 
-float32 or float64, per column and pair, measured on the pair's first ROW_GROUP_ROWS rows: a
+float32 or float64, per column and pair, measured on the pair's first PRECISION_ROWS rows: a
 column becomes float32 when every value is exact in float32 (counters, flags, hours) or when the
 float32 rounding error stays below FLOAT32_TOLERANCE of the column's median bar-to-bar change
 (its information is in those changes: a rate_index level ~100 moving 1e-3 per bar would lose
@@ -57,6 +57,8 @@ EXTRACT_FORMAT = 2
 READ_CONNECTIONS = 2  # relations read at once (two cores: one server process sends while the client decodes)
 FLOAT32_TOLERANCE = 1e-3  # largest float32 rounding error, as a share of the median |Δx| per bar
 ROW_GROUP_ROWS = 65_536  # rows read at a time and per row group: the same rows give byte-identical files
+PRECISION_ROWS = 16_384  # a pair's first rows on which each column's float32/float64 decision is measured
+PRECISION_MIN_VALUES = 1_000  # ... unless a column has fewer values there (then all of the first chunk)
 MINUTE_US = 60_000_000
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "use_dictionary": ["pair"], "write_statistics": True}
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -399,8 +401,18 @@ def read_rows(conns: Sequence[psycopg.Connection], relations: Sequence[Relation]
 
 
 def choose_float64(columns: dict[str, pa.Array], features: Sequence[str]) -> list[str]:
-    """The feature columns (a pair's first rows, float64) that must stay float64."""
-    return [name for name in features if needs_float64(columns[name].to_numpy(zero_copy_only=False))]
+    """The feature columns (a pair's first rows, float64) that must stay float64, measured on the
+    first PRECISION_ROWS rows, or on all the rows given for a column with fewer than
+    PRECISION_MIN_VALUES values there (a long warm-up)."""
+    chosen = []
+    for name in features:
+        values = columns[name].to_numpy(zero_copy_only=False)
+        head = values[:PRECISION_ROWS]
+        if np.isfinite(head).sum() < PRECISION_MIN_VALUES:
+            head = values
+        if needs_float64(head):
+            chosen.append(name)
+    return chosen
 
 
 def _chunk_table(pair: str, keys_us: np.ndarray, columns: dict[str, pa.Array], schema: pa.Schema, first_bar_number: int) -> pa.Table:
