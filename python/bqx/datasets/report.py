@@ -86,8 +86,6 @@ def plot_predicted_vs_actual(predictions: pd.DataFrame, targets: list[str], mode
     for ax, target in zip(axes[0], targets):
         actual = predictions[target].to_numpy()
         predicted = predictions[f"{target}__{model}"].to_numpy()
-        finite = np.isfinite(actual) & np.isfinite(predicted)
-        actual, predicted = actual[finite], predicted[finite]
         show = rng.choice(actual.size, size=min(actual.size, 20_000), replace=False) if actual.size else []
         ax.scatter(predicted[show], actual[show], s=1, alpha=0.25, color="#4C72B0", rasterized=True)
         low, high = np.percentile(actual, [0.5, 99.5]) if actual.size else (0, 1)
