@@ -27,6 +27,7 @@ from common import BenchDatabase, bench_database, best_of, record  # noqa: E402
 from reg_numpy import column_names, reg_polyfit_loop, reg_vectorised  # noqa: E402
 
 from bqx import pgcopy  # noqa: E402
+
 from bqx.project import dbt_vars  # noqa: E402
 
 WINDOWS: list[int] = dbt_vars()["reg_windows"]

@@ -63,6 +63,14 @@
             'laggable': true,
         },
         {
+            'name': 'volatility', 'models': domain_models('volatility', both_domains),
+            'column_names': volatility_column_names, 'columns': volatility_columns,
+            'gap_window': 'volatility', 'window_span': (var('volatility_windows') | max) + series + 1,
+            'window_span_rule': 'max(volatility_windows) + bqx_series_window + 1: volatility_bqx reads W + 1 values '
+                ~ 'of bqx_wS',
+            'laggable': true,
+        },
+        {
             'name': 'volume', 'models': [{'model': 'volume_features', 'domain': none, 'prefix': ''}],
             'column_names': volume_column_names, 'columns': volume_columns,
             'gap_window': 'rolling', 'window_span': (var('rolling_windows') | max) + 1,

@@ -19,30 +19,26 @@ where not coalesce({{ expression }}, false)
 {% endtest %}
 
 
-{#- The column is NULL on exactly the first `warmup` bars of every pair and not after,
-    except on rows where `null_allowed_when` holds (a formula undefined there, e.g. a flat
-    window: the model's YAML says which). Bars are counted per pair in ts_utc order. -#}
-{% test warmup_nulls(model, column_name, warmup, null_allowed_when='false') %}
-with numbered as (
+{#- The column is NULL exactly on each pair's last `bars` rows and nowhere else: a target at t
+    reads the `bars` bars after t, so it exists exactly where they do. One scan of the model. -#}
+{% test null_on_last_bars(model, column_name, bars) %}
+with numbered_from_the_end as (
     select
         pair,
         ts_utc,
         {{ column_name }} is null as value_is_null,
-        coalesce({{ null_allowed_when }}, false) as null_allowed,
-        row_number() over (partition by pair order by ts_utc) as bar_number
+        row_number() over (partition by pair order by ts_utc desc) as bars_to_the_end
     from {{ model }}
 )
 
 select
     pair,
     ts_utc,
-    bar_number,
+    bars_to_the_end,
     case
-        when bar_number <= {{ warmup }} then 'value inside the warm-up of {{ warmup }} bars'
-        else 'NULL after the warm-up of {{ warmup }} bars'
+        when value_is_null then 'NULL with {{ bars }} bars or more after it'
+        else 'a value with fewer than {{ bars }} bars after it'
     end as failure
-from numbered
-where
-    (bar_number <= {{ warmup }} and not value_is_null)
-    or (bar_number > {{ warmup }} and value_is_null and not null_allowed)
+from numbered_from_the_end
+where value_is_null <> (bars_to_the_end <= {{ bars }})
 {% endtest %}

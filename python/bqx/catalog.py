@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bqx.macros import call_macro
-from bqx.project import DBT_PROJECT_FILE, PROJECT_DIR
+from bqx.project import DBT_PROJECT_FILE, PROJECT_DIR, dbt_vars
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,14 @@ class FeatureColumn:
 class TargetColumn:
     column: str  # e.g. "target_bqx_h15" (marts.targets)
     horizon_bars: int  # H: uses bars t+1 .. t+H
+    description: str = ""
 
 
 @dataclass(frozen=True)
 class FeatureCatalog:
     features: tuple[FeatureColumn, ...]  # in feature_matrix column order
     targets: tuple[TargetColumn, ...]
-    dbt_vars: dict = field(hash=False, compare=False)  # the overrides it was generated with, over dbt_project.yml's
+    dbt_vars: dict = field(hash=False, compare=False)  # the vars it was generated with: dbt_project.yml's + overrides
 
     def by_matrix_column(self) -> dict[str, FeatureColumn]:
         return {feature.matrix_column: feature for feature in self.features}
@@ -86,8 +87,10 @@ def _catalog(project_dir: Path, overrides: str, stamp: tuple[tuple[str, int], ..
     evaluated = call_macro("feature_catalog", project_dir=project_dir, vars=vars)
     return FeatureCatalog(
         features=tuple(_feature(entry) for entry in evaluated["features"]),
-        targets=tuple(TargetColumn(str(t["column"]), int(t["horizon_bars"])) for t in evaluated["targets"]),
-        dbt_vars=vars,
+        targets=tuple(
+            TargetColumn(str(t["column"]), int(t["horizon_bars"]), str(t["description"])) for t in evaluated["targets"]
+        ),
+        dbt_vars=dbt_vars(project_dir) | vars,
     )
 
 

@@ -4,46 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from bqx import server
 from bqx.bar_formats import FORMATS
-from bqx.dbt import PROJECT_DIR, run_dbt
+from bqx.project import PROJECT_DIR, external_dsn
 from bqx.raw_schema import PRICE_MAX, PRICE_MIN
+from bqx.safe_files import UnsafePathError
 
-
-def _dsn() -> str:
-    return server.configured_dsn(PROJECT_DIR)
-
-
-def _ensure_server() -> str:
-    """The configured DSN, starting the embedded server first when it is the one in use."""
-    import os
-
-    if os.environ.get("BQX_PG_DSN"):
-        return os.environ["BQX_PG_DSN"]
-    cluster = server.cluster_for(PROJECT_DIR)
-    return server.start(cluster, link=PROJECT_DIR / ".bqx" / "pgdata")
+# Commands whose arguments go to another program untouched (dbt, sqlfluff): argparse would
+# take `--full-refresh` or `-s` for its own options, so main() hands them over before it parses.
+PASS_THROUGH = ("build", "dbt", "lint")
+BUILD_SELECTION = ["--select", "tag:wave1"]
+# dbt options that choose the nodes themselves: given one, `bqx build` adds no selection
+SELECTION_OPTIONS = ("-s", "--select", "-m", "--models", "--model", "--selector", "--resource-type", "--resource-types")
+LINT_PATHS = ("models", "analyses", "tests")
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    import os
-
-    external = os.environ.get("BQX_PG_DSN")
     if args.action == "url":
-        print(_dsn())
+        print(server.configured_dsn(PROJECT_DIR))
         return 0
     if args.action == "status":
         print(json.dumps(server.server_status(PROJECT_DIR), indent=2))
         return 0
-    if external:
+    if external_dsn():
         print(f"BQX_PG_DSN is set: using that server, nothing to {args.action}")
         return 0
     cluster = server.cluster_for(PROJECT_DIR)
     if args.action == "start":
-        dsn = server.start(cluster, link=PROJECT_DIR / ".bqx" / "pgdata")
-        print(f"PostgreSQL running: {dsn} (data in {PROJECT_DIR / '.bqx' / 'pgdata'})")
+        dsn = server.start(cluster)
+        print(f"PostgreSQL running: {dsn} (data in {cluster.pgdata})")
     elif args.action == "stop":
         print("stopped" if server.stop(cluster) else "not running")
     return 0
@@ -60,12 +53,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 LOAD_EXIT_OK = 0  # every file loaded (rejected rows are normal: they are counted and recorded)
 LOAD_EXIT_FATAL = 2  # nothing more was loaded: a bad option, the server unreachable, ...
 LOAD_EXIT_FILES_SKIPPED = 3  # some files or paths were skipped (each named, with why); the others loaded
+EXIT_INTERNAL_ERROR = 4  # a bug of bqx, not of the input: every command, one line on stderr
 LOAD_EXIT_CODES = f"""exit status:
   {LOAD_EXIT_OK}  every file loaded (rows that break a rule are rejected, counted and kept in
      raw.m1_rejects: that is normal)
   {LOAD_EXIT_FILES_SKIPPED}  some files or paths were not loaded (each is named on stderr with the reason);
      all the others loaded
   {LOAD_EXIT_FATAL}  a fatal error (a bad option, the database unreachable or failing): the load stopped
+  {EXIT_INTERNAL_ERROR}  an internal error of bqx (please report it; BQX_TRACEBACK=1 shows the traceback)
 """
 
 
@@ -79,7 +74,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         ranges = PlausibleRanges(
             min_price=args.min_price, max_price=args.max_price, future_minutes=args.future_minutes
         )
-        dsn = _ensure_server()
+        dsn = server.ensure_server(PROJECT_DIR)
         summary = load_paths(
             dsn, args.paths, fmt=args.format, pair=args.pair, ranges=ranges, follow_symlinks=args.follow_symlinks
         )
@@ -96,32 +91,63 @@ def cmd_load(args: argparse.Namespace) -> int:
     return LOAD_EXIT_FILES_SKIPPED if summary.skipped else LOAD_EXIT_OK
 
 
+def build_arguments(extra: list[str]) -> list[str]:
+    """dbt's arguments for `bqx build EXTRA`: the wave-1 selection unless EXTRA selects."""
+    selects = any(arg in SELECTION_OPTIONS or arg.split("=", 1)[0] in SELECTION_OPTIONS for arg in extra)
+    return ["build", *([] if selects else BUILD_SELECTION), *extra]
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    dsn = _ensure_server()
-    return run_dbt(["build", "--select", "tag:wave1", *args.dbt_args], dsn).returncode
+    from bqx.dbt import run_dbt
+
+    return run_dbt(build_arguments(args.extra), server.ensure_server(PROJECT_DIR)).returncode
 
 
 def cmd_dbt(args: argparse.Namespace) -> int:
-    dsn = _ensure_server()
-    return run_dbt(args.dbt_args, dsn).returncode
+    from bqx.dbt import run_dbt
+
+    if not args.extra:
+        raise ValueError("bqx dbt needs a dbt command, e.g. `bqx dbt test` or `bqx dbt ls -s bqx`")
+    return run_dbt(args.extra, server.ensure_server(PROJECT_DIR)).returncode
+
+
+def lint_arguments(extra: list[str], project_dir: Path = PROJECT_DIR) -> list[str]:
+    """sqlfluff's arguments for `bqx lint EXTRA`: the project's SQL folders unless EXTRA names paths."""
+    names_paths = any(not arg.startswith("-") and (project_dir / arg).exists() for arg in extra)
+    defaults = [] if names_paths else [folder for folder in LINT_PATHS if (project_dir / folder).is_dir()]
+    return ["lint", *extra, *defaults]
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
     """sqlfluff with the dbt templater, which compiles against the configured server."""
     import subprocess
 
-    from bqx.dbt import dbt_env
+    from bqx.dbt import check_output_folder, dbt_env
 
-    dsn = _ensure_server()
+    env = dbt_env(server.ensure_server(PROJECT_DIR))
+    check_output_folder(PROJECT_DIR / "target")
     sqlfluff = Path(sys.executable).with_name("sqlfluff")
-    paths = args.paths or [f for f in ("models", "analyses", "tests") if (PROJECT_DIR / f).is_dir()]
-    return subprocess.run([str(sqlfluff), "lint", *paths], cwd=PROJECT_DIR, env=dbt_env(dsn), check=False).returncode
+    return subprocess.run([str(sqlfluff), *lint_arguments(args.extra)], cwd=PROJECT_DIR, env=env, check=False).returncode
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    """The models' YAML from the registry and the vars: write it, or with --check say what differs."""
+    from bqx.docs import stale_files, write_files
+
+    if args.check:
+        stale = stale_files(PROJECT_DIR)
+        for path in stale:
+            print(f"{path}: differs from what `bqx docs generate-yaml` writes")
+        return 1 if stale else 0
+    for path in write_files(PROJECT_DIR):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from bqx.status import coverage, format_coverage
 
-    print(format_coverage(coverage(_ensure_server())))
+    print(format_coverage(coverage(server.ensure_server(PROJECT_DIR))))
     return 0
 
 
@@ -132,7 +158,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bqx", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bqx", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="the embedded PostgreSQL server (or BQX_PG_DSN's)")
@@ -180,17 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.set_defaults(func=cmd_load)
 
-    build = sub.add_parser("build", help="dbt build --select tag:wave1 [extra dbt arguments]")
-    build.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    build = sub.add_parser(
+        "build", add_help=False,
+        help="dbt build --select tag:wave1 [any dbt build option: --full-refresh, --vars, -s, --exclude, --threads]",
+    )
     build.set_defaults(func=cmd_build)
 
-    dbt = sub.add_parser("dbt", help="any dbt command against the configured server")
-    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    dbt = sub.add_parser("dbt", add_help=False, help="any dbt command against the configured server")
     dbt.set_defaults(func=cmd_dbt)
 
-    lint = sub.add_parser("lint", help="sqlfluff lint (dbt templater) against the configured server")
-    lint.add_argument("paths", nargs="*", help="default: models analyses tests")
+    lint = sub.add_parser(
+        "lint", add_help=False,
+        help="sqlfluff lint (dbt templater) against the configured server [any sqlfluff lint option or path]",
+    )
     lint.set_defaults(func=cmd_lint)
+
+    docs = sub.add_parser("docs", help="documentation generated from the feature registry")
+    docs_sub = docs.add_subparsers(dest="docs_command", required=True)
+    generate_yaml = docs_sub.add_parser(
+        "generate-yaml", help="write the feature models', feature_matrix's and targets' YAML from the registry"
+    )
+    generate_yaml.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
+    generate_yaml.set_defaults(func=cmd_docs)
 
     status = sub.add_parser("status", help="rows per pair × month for the source and every model")
     status.set_defaults(func=cmd_status)
@@ -203,13 +240,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command and its arguments; a pass-through command's arguments are not parsed."""
+    parser = build_parser()
+    if argv and argv[0] in PASS_THROUGH:
+        args = parser.parse_args(argv[:1])
+        args.extra = list(argv[1:])
+        return args
+    args = parser.parse_args(argv)
+    args.extra = []
+    return args
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args) or 0)
-    except (server.ServerError, ValueError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        print("bqx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error reaches the user as one line
+        import psycopg
+
+        known = (server.ServerError, UnsafePathError, ValueError, OSError, psycopg.Error)
+        if not isinstance(err, known):
+            if os.environ.get("BQX_TRACEBACK"):
+                raise
+            print(f"bqx: internal error ({type(err).__name__}): {_one_line(err)} "
+                  "(set BQX_TRACEBACK=1 for the traceback)", file=sys.stderr)
+            return EXIT_INTERNAL_ERROR
         # bad input or an unusable server: the message says what to do, a traceback would not
-        print(f"bqx: {err}", file=sys.stderr)
+        print(f"bqx: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -50,6 +50,7 @@ rollover and the Sunday open, with noise.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from bqx import safe_files
 from bqx.bar_formats import (
     BAR_COLUMNS,
     CSV_HEADER,
@@ -534,7 +536,16 @@ def write_bars(bars: pd.DataFrame, out_dir: Path, fmt: str = "csv") -> list[Path
     if missing:
         raise ValueError(f"bars lack the columns {missing}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # run as root in a folder someone else controls (data/ of their checkout), nothing they
+    # planted there (a symlink to a root-only file) is followed: see bqx.safe_files
+    out_fd = safe_files.open_dir(out_dir, create_mode=0o755)
+    try:
+        return _write_bar_files(bars, out_dir, out_fd, fmt)
+    finally:
+        os.close(out_fd)
+
+
+def _write_bar_files(bars: pd.DataFrame, out_dir: Path, out_fd: int, fmt: str) -> list[Path]:
     if bars.empty:
         return []
 
@@ -582,22 +593,21 @@ def write_bars(bars: pd.DataFrame, out_dir: Path, fmt: str = "csv") -> list[Path
     paths: list[Path] = []
     header = (CSV_HEADER + "\n").encode()
     for lo, hi in tqdm(groups, desc=f"writing {fmt}", unit="file", disable=len(groups) <= 8, file=sys.stderr):
-        path = out_dir / _month_file(fmt, pair[lo], month[lo])
+        name = _month_file(fmt, pair[lo], month[lo])
         part = table.slice(lo, hi - lo)
-        if fmt == "parquet":
-            pq.write_table(part, path)
-        elif fmt == "csv":
-            with open(path, "wb") as sink:
+        with safe_files.atomic_writer(out_fd, name) as sink:
+            if fmt == "parquet":
+                pq.write_table(part, sink)
+            elif fmt == "csv":
                 sink.write(header)
                 pacsv.write_csv(part, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
-        else:
-            with open(path, "wb") as sink:
+            else:
                 pacsv.write_csv(
                     part,
                     sink,
                     pacsv.WriteOptions(include_header=False, delimiter=HISTDATA_DELIMITER, quoting_style="none"),
                 )
-        paths.append(path)
+        paths.append(out_dir / name)
     return paths
 
 

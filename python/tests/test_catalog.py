@@ -9,7 +9,7 @@ import re
 from bqx.catalog import FeatureColumn, feature_catalog
 from bqx.dbt import run_dbt
 from bqx.project import dbt_vars
-from conftest import query_frame
+from conftest import table_columns
 
 # a user's build with other windows: the catalog must follow (and dbt's evaluation too)
 OVERRIDES = {"reg_windows": [60, 120], "rolling_windows": [10, 20], "bqx_series_window": 30}
@@ -60,12 +60,7 @@ def test_catalog_equals_dbts_own_evaluation(wave1_dsn: str, tmp_path) -> None:
 
 
 def test_catalog_names_the_built_feature_matrix_columns_in_order(wave1_dsn: str) -> None:
-    columns = query_frame(
-        wave1_dsn,
-        "select column_name from information_schema.columns "
-        "where table_schema = 'marts' and table_name = 'feature_matrix' order by ordinal_position",
-    )["column_name"].tolist()
-    assert columns == ["pair", "ts_utc", *[f.matrix_column for f in feature_catalog().features]]
+    assert table_columns(wave1_dsn, "marts", "feature_matrix") == ["pair", "ts_utc", *[f.matrix_column for f in feature_catalog().features]]
 
 
 def test_catalog_follows_the_vars() -> None:
@@ -81,6 +76,7 @@ def test_catalog_follows_the_vars() -> None:
     # the gap flag of the regression family spans its longest read: max(reg_windows) + series
     assert by_name["gap_in_reg_window"].warmup_bars == 120 + series - 1
     assert feature_catalog(vars=OVERRIDES) is changed  # evaluated once per vars
+    assert changed.dbt_vars == dbt_vars() | OVERRIDES and default.dbt_vars == dbt_vars()
 
 
 def test_catalog_facts() -> None:
@@ -106,3 +102,35 @@ def test_feature_column_is_the_interface() -> None:
         "model", "column", "matrix_column", "family", "domain", "warmup_bars", "null_allowed_when",
         "laggable", "description",
     ]  # fmt: skip
+
+
+def test_each_gap_flag_spans_the_longest_read_of_its_families() -> None:
+    """gap_in_<name>_window covers exactly the bars the longest feature of the families sharing
+    that window list reads on either domain: 1 + the largest warm-up among their columns (a value
+    at bar warm-up + 1 reads that many bars). volume_tod_ratio's days-long window is left out by
+    design (it always spans a weekend)."""
+    features = feature_catalog().features
+    flags = {f.column: f.warmup_bars for f in features if f.column.startswith("gap_in_")}
+    assert flags, "no gap flags"
+    families = {f.family for f in features}
+    registry = {entry["name"]: entry for entry in _registry()}
+    assert set(registry) == families
+    for name, span_warmup in flags.items():
+        gap_window = name.removeprefix("gap_in_").removesuffix("_window")
+        covered = [family for family, entry in registry.items() if entry["gap_window"] == gap_window]
+        longest = max(
+            f.warmup_bars
+            for f in features
+            if f.family in covered and not f.column.startswith("volume_tod_ratio_")
+        )
+        assert span_warmup == longest, (name, covered)
+    for family, entry in registry.items():  # a family with a finite window has its flag
+        assert (entry["gap_window"] is None) == (family in ("technical", "time", "data_quality")), family
+
+
+def _registry() -> list[dict]:
+    from bqx.macros import call_macro
+
+    return [
+        {"name": entry["name"], "gap_window": entry["gap_window"]} for entry in call_macro("feature_families")
+    ]

@@ -7,18 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bqx.catalog import feature_catalog
-from conftest import query_frame
-
-
-def _columns(dsn: str, schema: str, table: str) -> list[str]:
-    return list(
-        query_frame(
-            dsn,
-            "select column_name from information_schema.columns "
-            "where table_schema = %s and table_name = %s order by ordinal_position",
-            (schema, table),
-        )["column_name"]
-    )
+from conftest import query_frame, table_columns
 
 
 def test_feature_matrix_is_a_view(wave1_dsn: str) -> None:
@@ -34,12 +23,12 @@ def test_feature_matrix_holds_every_feature_model_column_once(wave1_dsn: str) ->
     two, in the registry's order; nothing else (no target)."""
     expected = ["pair", "ts_utc"]
     for model, features in feature_catalog().by_model().items():
-        built = _columns(wave1_dsn, "features", model)
+        built = table_columns(wave1_dsn, "features", model)
         assert built[:2] == ["pair", "ts_utc"] and built[2:] == [f.column for f in features], model
         prefixes = {f.matrix_column.removesuffix(f.column) for f in features}
         assert prefixes == ({f"{features[0].domain}_"} if features[0].domain else {""}), model
         expected += [f.matrix_column for f in features]
-    columns = _columns(wave1_dsn, "marts", "feature_matrix")
+    columns = table_columns(wave1_dsn, "marts", "feature_matrix")
     assert len(columns) == len(set(columns)), "duplicate column names"
     assert columns == expected
     assert not [c for c in columns if c.startswith("target")]
