@@ -8,11 +8,16 @@ peak memory, in one run on the shared benchmark database (28 pairs × 1 month, w
      into NumPy, on two connections at once, put side by side in Arrow (keys checked, NULLs kept);
    - `builder_parquet`: the builder's whole extraction step, the above plus the float32 decision,
      the casts and the zstd Parquet file per pair;
+   - `relations_adbc`: the same per-relation reads (same two connections, same threads, keys
+     checked), each decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C) instead;
    - `view_adbc`: marts.feature_matrix left-joined with marts.targets, read by the ADBC
-     PostgreSQL driver (binary COPY decoded into Arrow in C): the builder's first reader;
+     PostgreSQL driver: the builder's first reader;
+   - `view_pgcopy`: the same view query, every value sent as a never-NULL float8 (NULL as NaN,
+     with the row's NULL count beside, as the builder's reader does), decoded by bqx.pgcopy;
    - `psycopg_fetch`: the plain cursor a user would write on the same view query,
      `cur.execute(...)`, `fetchall()`, one Python object per value: the baseline.
-   Rows/s and values/s (rows × columns); ratios against the plain cursor fetch.
+   Rows/s and values/s (rows × columns); ratios against the plain cursor fetch, and the 2 × 2 of
+   decoder (ADBC, psycopg binary COPY + pgcopy) × source (per relation, the view).
 2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
    RSS (`builder.*`), the first (cold) run; goals at FX-year size: <= 5 minutes, <= 4 GiB.
 """
@@ -20,6 +25,7 @@ peak memory, in one run on the shared benchmark database (28 pairs × 1 month, w
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
 import subprocess
@@ -29,6 +35,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,6 +61,80 @@ def relations_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCat
                 chunk = keys[start : start + ex.ROW_GROUP_ROWS]
                 columns = ex.read_rows(conns, relations, source.pair, chunk)
                 rows += len(next(iter(columns.values())))
+    return rows
+
+
+def relations_adbc(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> int:
+    """The builder's per-relation reads, each decoded by ADBC into Arrow (NULLs native)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        quoting = stack.enter_context(ex.connect(dsn))
+        relations = ex.plan_relations(quoting, catalog)
+        conns = [stack.enter_context(adbc.connect(dsn)) for _ in range(ex.READ_CONNECTIONS)]
+        cursors = [stack.enter_context(conn.cursor()) for conn in conns]
+        for cur in cursors:
+            cur.execute("set max_parallel_workers_per_gather = 0")
+        groups = [relations[i :: len(conns)] for i in range(len(conns))]
+        for source in sources:
+            keys = ex.read_keys_between(quoting, source.pair, source.first_ts, source.last_ts)
+            for start in range(0, keys.size, ex.ROW_GROUP_ROWS):
+                chunk = keys[start : start + ex.ROW_GROUP_ROWS]
+                first, last = (dt.datetime.fromtimestamp(int(us) / 1e6, dt.UTC) for us in (chunk[0], chunk[-1]))
+                queries = [
+                    [
+                        sql.SQL("select ts_utc, {} from {} where pair = {} and ts_utc >= {} and ts_utc <= {} order by ts_utc").format(
+                            sql.SQL(", ").join(sql.Identifier(c) for c in relation.columns),
+                            sql.Identifier(*relation.name.split(".")),
+                            sql.Literal(source.pair), sql.Literal(first), sql.Literal(last),
+                        ).as_string(quoting)
+                        for relation in group
+                    ]
+                    for group in groups
+                ]  # fmt: skip
+
+                def read_group(index: int) -> dict[str, pa.Array]:
+                    columns = {}
+                    for relation, query in zip(groups[index], queries[index]):
+                        cursors[index].execute(query)
+                        table = cursors[index].fetch_arrow_table()
+                        ts = table.column("ts_utc").cast(pa.int64()).to_numpy()
+                        if ts.size != chunk.size or (ts != chunk).any():
+                            raise RuntimeError(f"{relation.name}: keys differ")
+                        columns.update(zip(relation.output, table.columns[1:]))
+                    return columns
+
+                with ThreadPoolExecutor(len(conns)) as pool:
+                    parts = list(pool.map(read_group, range(len(conns))))
+                merged = {name: array for part in parts for name, array in part.items()}
+                rows += len(next(iter(merged.values())))
+    return rows
+
+
+def view_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog, features: list[str], targets: list[str]) -> int:
+    """The view query, every value a never-NULL float8 with the row's NULL count, decoded by pgcopy."""
+    from bqx import pgcopy
+
+    rows = 0
+    with ex.connect(dsn) as conn:
+        conn.execute("set max_parallel_workers_per_gather = 0")
+        types = {name: sql_type for relation in ex.plan_relations(conn, catalog) for name, sql_type in zip(relation.output, relation.sql_types)}
+        for source in sources:
+            sql_text = ex.extraction_query(source, features, targets)
+            values = []
+            for name in [*features, *targets]:
+                table = "targets" if name in targets else "matrix"
+                expression = f"{table}.{name}::int::float8" if types[name] == "boolean" else f"{table}.{name}::float8"
+                values.append(f"coalesce({expression}, 'NaN')")
+            nulls = "num_nulls(" + ", ".join(f"{'targets' if n in targets else 'matrix'}.{n}" for n in [*features, *targets]) + ")::int4"
+            head, tail = sql_text.split("\nfrom marts.feature_matrix", 1)
+            query = f"select matrix.ts_utc, {nulls}, {', '.join(values)}\nfrom marts.feature_matrix{tail}"
+            ts, *_ = pgcopy.read_copy(conn, query, [">i8", ">i4", *([">f8"] * len(values))])
+            rows += ts.size
     return rows
 
 
@@ -85,7 +166,9 @@ def main() -> int:
             readers = {
                 "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
                 "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
+                "relations_adbc": lambda: relations_adbc(bench.dsn, sources, catalog),
                 "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
+                "view_pgcopy": lambda: view_pgcopy(bench.dsn, sources, catalog, features, targets),
                 "psycopg_fetch": lambda: sum(psycopg_fetch(bench.dsn, s, features, targets) for s in sources),
             }
             for name, action in readers.items():
@@ -94,7 +177,9 @@ def main() -> int:
         labels = {
             "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
             "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
+            "relations_adbc": "each relation by index as the builder reads them, two connections, decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C)",
             "view_adbc": "the feature_matrix view joined with targets, ADBC PostgreSQL driver (binary COPY into Arrow in C)",
+            "view_pgcopy": "the feature_matrix view joined with targets, psycopg binary COPY of never-NULL float8 + NULL count, decoded by bqx.pgcopy",
             "psycopg_fetch": "plain psycopg cursor.fetchall() of the view query, one Python object per value",
         }
         for name, value in seconds.items():
@@ -102,6 +187,16 @@ def main() -> int:
             record(f"extract.{name}.values_per_s", rows * width / value, "values/s", f"{labels[name]}; {what}")
             if name != "psycopg_fetch":
                 record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run")
+        for decoder in ("pgcopy", "adbc"):
+            record(
+                f"extract.ratio.relations_over_view.{decoder}", seconds[f"view_{decoder}"] / seconds[f"relations_{decoder}"], "×",
+                f"per relation vs the view, both decoded by {decoder} (> 1: per relation faster); same rows, same run",
+            )  # fmt: skip
+        for source in ("relations", "view"):
+            record(
+                f"extract.ratio.pgcopy_over_adbc.{source}", seconds[f"{source}_adbc"] / seconds[f"{source}_pgcopy"], "×",
+                f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run",
+            )  # fmt: skip
 
         with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:
             env = dict(os.environ, BQX_PG_DSN=bench.dsn)

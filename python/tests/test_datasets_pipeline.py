@@ -287,10 +287,9 @@ def test_nan_and_forbidden_nulls_are_caught(built: Built, wave1_dsn: str, tmp_pa
     # a NULL after the warm-up where the YAML does not allow one
     null_column = next(f.matrix_column for f in catalog.features if f.null_allowed_when is None and f.model == "reg_rate")
     with_null = _plant(extract, null_column, tmp_path / "null", lambda v: np.where(np.arange(v.size) == 2000, np.nan, v))
-    rules = va.evaluable_rules(catalog)
-    problems = va.check_nulls(wave1_dsn, with_null, catalog, rules)
+    problems = va.check_nulls(wave1_dsn, with_null, catalog)
     assert [(p.pair, p.column) for p in problems] == [("USDJPY", null_column)]
-    assert not va.check_nulls(wave1_dsn, extract, catalog, rules)
+    assert not va.check_nulls(wave1_dsn, extract, catalog)
 
 
 def test_errors_are_one_line_with_what_to_do(built: Built, wave1_dsn: str, database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, tmp_path: Path) -> None:

@@ -412,7 +412,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
-    dsn = dsn or server.configured_dsn(project_dir)
+    dsn = dsn or server.ensure_server(project_dir)  # BQX_PG_DSN, or the embedded server (started if need be)
     vars_in_force = dbt_vars(project_dir) | options.dbt_var_overrides()  # the catalog keeps the overrides only
     known_pairs = list(vars_in_force.get("pairs", []))
     if options.pairs:
@@ -522,10 +522,26 @@ def main(argv: Sequence[str] | None = None, prog: str = "build_datasets.py") -> 
 def run_command(args: Any, prog: str) -> int:
     from bqx.datasets.options import options_from_args
 
+    import os
+
+    import psycopg
+
+    from bqx import server
+    from bqx.safe_files import UnsafePathError
+
     try:
         result = run(options_from_args(args))
-    except DatasetError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (nothing half-written is left looking finished)", file=sys.stderr)
+        return 130
+    except (DatasetError, server.ServerError, UnsafePathError, OSError, psycopg.Error) as err:
+        # bad input or an unusable server: one line saying what to do
+        print(f"{prog}: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug of the builder: one line, exit 4 as every bqx command
+        if os.environ.get("BQX_TRACEBACK"):
+            raise
+        print(f"{prog}: internal error ({type(err).__name__}): {' '.join(str(err).split())} (set BQX_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 4
     print(closing_note(result))
     return 0

@@ -101,23 +101,6 @@ def check_values(extract: PairExtract, columns: Sequence[str], table: pa.Table |
     return problems
 
 
-def evaluable_rules(catalog: Any, overrides: dict[str, Any] | None = None) -> dict[str, str | None]:
-    """Each feature's null_allowed_when, as SQL the database can run.
-
-    The catalog joins a rule's lines into one, so a `--` comment inside a rule (the
-    volume_tod_ratio rule has one) would swallow the rest of it: those rules' original text is
-    taken from the same registry macro the catalog evaluates (never retyped)."""
-    rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}
-    flattened = {column for column, rule in rules.items() if rule and "--" in rule}
-    if flattened:
-        from bqx.macros import call_macro
-
-        for entry in call_macro("feature_catalog", vars=overrides or {})["features"]:
-            if entry["matrix_column"] in flattened:
-                rules[entry["matrix_column"]] = str(entry["null_allowed_when"])
-    return rules
-
-
 def check_target_nulls(extract: PairExtract, catalog: Any, table: pa.Table) -> list[Problem]:
     """A target is NULL only on rows without H later bars (the pair's last H rows)."""
     ts = _ts_us(table)
@@ -158,9 +141,8 @@ def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, s
         predicates = sorted(warmups)
         allowed: dict[str, np.ndarray] = {}
         if predicates:
-            # each rule on lines of its own: a `--` comment in one ends at its line
             select = ", ".join(
-                f"case when bar_number > {warmups[p]} then coalesce((\n{p}\n), false) else true end as allow_{i}" for i, p in enumerate(predicates)
+                f"case when bar_number > {warmups[p]} then coalesce(({p}), false) else true end as allow_{i}" for i, p in enumerate(predicates)
             )
             query = (
                 f"select ts_utc, {select} from (select *, {extract.bars_before} + row_number() over (order by ts_utc) as bar_number "
@@ -384,7 +366,7 @@ def validate(
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
-    rules = evaluable_rules(catalog, dbt_vars)
+    rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}  # one line each (bqx.catalog)
     report = ValidationReport()
     with connect(dsn) as conn:
         for extract in tqdm(extracts, desc="validate", disable=not progress, leave=False):
