@@ -130,7 +130,9 @@ def view_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog,
                 table = "targets" if name in targets else "matrix"
                 expression = f"{table}.{name}::int::float8" if types[name] == "boolean" else f"{table}.{name}::float8"
                 values.append(f"coalesce({expression}, 'NaN')")
-            nulls = "num_nulls(" + ", ".join(f"{'targets' if n in targets else 'matrix'}.{n}" for n in [*features, *targets]) + ")::int4"
+            qualified = [f"{'targets' if n in targets else 'matrix'}.{n}" for n in [*features, *targets]]
+            # num_nulls takes at most 100 arguments
+            nulls = "(" + " + ".join("num_nulls(" + ", ".join(qualified[i : i + 100]) + ")" for i in range(0, len(qualified), 100)) + ")::int4"
             head, tail = sql_text.split("\nfrom marts.feature_matrix", 1)
             query = f"select matrix.ts_utc, {nulls}, {', '.join(values)}\nfrom marts.feature_matrix{tail}"
             ts, *_ = pgcopy.read_copy(conn, query, [">i8", ">i4", *([">f8"] * len(values))])
