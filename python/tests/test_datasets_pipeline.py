@@ -237,6 +237,7 @@ def test_manifest_says_how_the_files_were_made(built: Built) -> None:
 def test_report_has_its_table_and_plots(built: Built) -> None:
     report = built.result.report.read_text()
     assert "R² against the zero predictor" in report and "| **all** |" in report
+    assert "Extra-trees forest (scikit-learn's ExtraTreesRegressor)" in report  # the forest it used (--forest extra)
     for png in ("r2_heatmap.png", "importances.png", "predicted_vs_actual.png", "r2_over_time.png", "split_timeline.png"):
         assert (built.result.report.parent / png).stat().st_size > 10_000, png
         assert f"({png})" in report

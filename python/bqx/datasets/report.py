@@ -22,6 +22,9 @@ PART_COLOURS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 NO_SIGNAL_R2 = 0.001  # below this, pooled over every test row, we call the R^2 "about zero"
 
 
+# the selection forest as the report names it (options.forest)
+FOREST_NAMES = {"extra": "Extra-trees forest (scikit-learn's ExtraTreesRegressor)", "random": "Random forest (scikit-learn's RandomForestRegressor)"}
+
 def _plt():  # noqa: ANN202
     import matplotlib
 
@@ -266,7 +269,7 @@ def write_report(
         "",
         "## Selection",
         "",
-        f"Random forest ({selection['sampled']['trees']} trees, multi-output on the standardised targets) on "
+        f"{FOREST_NAMES.get(manifest['options'].get('forest'), 'Random forest')} ({selection['sampled']['trees']} trees, multi-output on the standardised targets) on "
         f"{selection['sampled']['fit_rows']:,} training rows; ranked by {manifest['options']['importance']}"
         + (f" on a purged hold-out of {selection['sampled']['holdout_rows']:,} rows at the end of the training period" if manifest["options"]["importance"] == "permutation" else "")
         + f". Stability: the MDI top {int(selection['stability']['top_n'])} of forests on the early and late halves of the"
