@@ -286,11 +286,25 @@ def test_nan_and_forbidden_nulls_are_caught(built: Built, wave1_dsn: str, tmp_pa
     ts = pq.read_table(extract.path, columns=["ts_utc"]).column("ts_utc")[1000].as_py()
     assert problems[0].minute == f"{ts:%Y-%m-%d %H:%M}"
     # a NULL after the warm-up where the YAML does not allow one
+    ts_2000 = pq.read_table(extract.path, columns=["ts_utc"]).column("ts_utc")[2000].as_py()
     null_column = next(f.matrix_column for f in catalog.features if f.null_allowed_when is None and f.model == "reg_rate")
     with_null = _plant(extract, null_column, tmp_path / "null", lambda v: np.where(np.arange(v.size) == 2000, np.nan, v))
     problems = va.check_nulls(wave1_dsn, with_null, catalog)
     assert [(p.pair, p.column) for p in problems] == [("USDJPY", null_column)]
     assert not va.check_nulls(wave1_dsn, extract, catalog)
+    # a NULL where the column's rule (asked of the database on that row) does not hold: r2 may be
+    # NULL only where the window is flat (rmse = 0), which row 2000 is not
+    ruled = "bqx_reg_r2_w60"
+    assert catalog.by_matrix_column()[ruled].null_allowed_when == "reg_rmse_w60 = 0"
+    with_ruled_null = _plant(extract, ruled, tmp_path / "ruled", lambda v: np.where(np.arange(v.size) == 2000, np.nan, v))
+    problems = va.check_nulls(wave1_dsn, with_ruled_null, catalog)
+    assert [(p.pair, p.column, p.minute) for p in problems] == [("USDJPY", ruled, f"{ts_2000:%Y-%m-%d %H:%M}")]
+    assert "reg_rmse_w60 = 0" in problems[0].line()
+    # ... and its rule is asked of the database once there are more such rows than a lookup by minute takes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(va, "NULL_RULE_LOOKUP_ROWS", 0)
+        assert [p.column for p in va.check_nulls(wave1_dsn, with_ruled_null, catalog)] == [ruled]
+        assert not va.check_nulls(wave1_dsn, extract, catalog)
 
 
 def test_errors_are_one_line_with_what_to_do(built: Built, wave1_dsn: str, database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, tmp_path: Path) -> None:
