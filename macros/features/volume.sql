@@ -278,7 +278,8 @@ case
             ) as previous_bars
             where
                 previous_bars.volume <> 0
-                -- bars open on whole minutes: the same minute of day is a whole number of days apart
+                /* bars open on whole minutes: the same minute of day is a whole number of days apart
+                   (a block comment: the catalog joins the lines of a rule into one, which a line comment would cut short) */
                 and mod(extract(epoch from {{ model_name }}.ts_utc - previous_bars.ts_utc)::bigint, 86400) = 0
         )
     else false

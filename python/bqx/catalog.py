@@ -94,6 +94,20 @@ def _catalog(project_dir: Path, overrides: str, stamp: tuple[tuple[str, int], ..
     )
 
 
+def one_line_predicate(rule: str, column: str) -> str:
+    """A column spec's SQL predicate on one line (runs of whitespace become one space).
+
+    A `--` comment would swallow the rest of the predicate once its lines are joined (the
+    volume_tod_ratio rule once had one, and every check evaluating the joined rule passed on
+    the truncated text): such a rule is refused, naming the column; write `/* ... */` instead."""
+    if "--" in rule:
+        raise ValueError(
+            f"null_allowed_when of {column} holds a `--` comment, which would end the predicate once its lines "
+            "are joined: write the comment as /* ... */"
+        )
+    return " ".join(rule.split())
+
+
 def _feature(entry: Mapping[str, Any]) -> FeatureColumn:
     null_rule = entry["null_allowed_when"]
     return FeatureColumn(
@@ -103,7 +117,7 @@ def _feature(entry: Mapping[str, Any]) -> FeatureColumn:
         family=str(entry["family"]),
         domain=None if entry["domain"] is None else str(entry["domain"]),
         warmup_bars=int(entry["warmup_bars"]),
-        null_allowed_when=None if null_rule is None else " ".join(str(null_rule).split()),
+        null_allowed_when=None if null_rule is None else one_line_predicate(str(null_rule), f"{entry['model']}.{entry['column']}"),
         laggable=bool(entry["laggable"]),
         description=str(entry["description"]),
     )

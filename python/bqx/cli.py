@@ -170,6 +170,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from bqx.datasets.pipeline import run_command
+
+    return run_command(args, "bqx datasets")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bqx", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="events per round trip (default %(default)s)"
     )
     features.set_defaults(func=cmd_features)
+
+
+    from bqx.datasets.options import add_arguments
+
+    datasets = sub.add_parser("datasets", help="train/val/test datasets, feature selection, baseline models and report")
+    add_arguments(datasets)
+    datasets.set_defaults(func=cmd_datasets)
     return parser
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 
-from bqx.catalog import FeatureColumn, feature_catalog
+import psycopg
+import pytest
+
+from bqx.catalog import FeatureColumn, feature_catalog, one_line_predicate
 from bqx.dbt import run_dbt
 from bqx.project import dbt_vars
 from conftest import table_columns
@@ -61,6 +64,23 @@ def test_catalog_equals_dbts_own_evaluation(wave1_dsn: str, tmp_path) -> None:
 
 def test_catalog_names_the_built_feature_matrix_columns_in_order(wave1_dsn: str) -> None:
     assert table_columns(wave1_dsn, "marts", "feature_matrix") == ["pair", "ts_utc", *[f.matrix_column for f in feature_catalog().features]]
+
+
+def test_each_joined_null_rule_is_the_whole_predicate(wave1_dsn: str) -> None:
+    """The catalog's rules are joined into one line: each must still be the whole predicate.
+    The database plans every one on its model (aliased by its name, as the warm-up test and the
+    dataset builder's validation do): a rule cut short by a `--` comment would not parse."""
+    by_model = feature_catalog().by_model()
+    with psycopg.connect(wave1_dsn) as conn:
+        for model, columns in by_model.items():
+            for feature in columns:
+                if feature.null_allowed_when:
+                    assert "\n" not in feature.null_allowed_when
+                    conn.execute(f"explain select ({feature.null_allowed_when}) from features.{model} as {model}")
+    tod = [f for f in by_model["volume_features"] if f.column.startswith("volume_tod_ratio_")]
+    assert tod and all("mod(extract(epoch" in f.null_allowed_when for f in tod)
+    with pytest.raises(ValueError, match="volume_features.x .*/\\* \\.\\.\\. \\*/"):
+        one_line_predicate("a is null\n-- a comment\nor b = 0", "volume_features.x")
 
 
 def test_catalog_follows_the_vars() -> None:

@@ -1,0 +1,221 @@
+"""The dataset builder: extraction throughput three ways, then the whole builder's wall time and
+peak memory, in one run on the shared benchmark database (28 pairs × 1 month, wave 1 built).
+
+1. Extraction of every feature column and every target, per pair (BENCH_EXTRACT_PAIRS pairs, the
+   same rows for each reader), best of REPEAT:
+   - `relations_pgcopy`: the builder's reader (bqx.datasets.extract.read_rows): each feature
+     model's and marts.targets' rows of the pair by index, as binary COPY decoded by bqx.pgcopy
+     into NumPy, on two connections at once, put side by side in Arrow (keys checked, NULLs kept);
+   - `builder_parquet`: the builder's whole extraction step, the above plus the float32 decision,
+     the casts and the zstd Parquet file per pair;
+   - `relations_adbc`: the same per-relation reads (same two connections, same threads, keys
+     checked), each decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C) instead;
+   - `view_adbc`: marts.feature_matrix left-joined with marts.targets, read by the ADBC
+     PostgreSQL driver: the builder's first reader;
+   - `view_pgcopy`: the same view query, every value sent as a never-NULL float8 (NULL as NaN,
+     with the row's NULL count beside, as the builder's reader does), decoded by bqx.pgcopy;
+   - `psycopg_fetch`: the plain cursor a user would write on the same view query,
+     `cur.execute(...)`, `fetchall()`, one Python object per value: the baseline.
+   Rows/s and values/s (rows × columns); ratios against the plain cursor fetch, and the 2 × 2 of
+   decoder (ADBC, psycopg binary COPY + pgcopy) × source (per relation, the view).
+2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
+   RSS (`builder.*`), the first (cold) run; goals at FX-year size: <= 5 minutes, <= 4 GiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PROJECT_DIR, bench_database, best_of, record  # noqa: E402
+
+from bqx.catalog import FeatureCatalog, feature_catalog  # noqa: E402
+from bqx.datasets import extract as ex  # noqa: E402
+from bqx.project import dbt_vars  # noqa: E402
+
+REPEAT = 2
+BENCH_EXTRACT_PAIRS = 4
+
+
+def relations_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> int:
+    """The builder's reader, without the Parquet file; returns the rows read."""
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(ex.connect(dsn)) for _ in range(ex.READ_CONNECTIONS)]
+        relations = ex.plan_relations(conns[0], catalog)
+        for source in sources:
+            keys = ex.read_keys_between(conns[0], source.pair, source.first_ts, source.last_ts)
+            for start in range(0, keys.size, ex.ROW_GROUP_ROWS):
+                chunk = keys[start : start + ex.ROW_GROUP_ROWS]
+                columns = ex.read_rows(conns, relations, source.pair, chunk)
+                rows += len(next(iter(columns.values())))
+    return rows
+
+
+def relations_adbc(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> int:
+    """The builder's per-relation reads, each decoded by ADBC into Arrow (NULLs native)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        quoting = stack.enter_context(ex.connect(dsn))
+        relations = ex.plan_relations(quoting, catalog)
+        conns = [stack.enter_context(adbc.connect(dsn)) for _ in range(ex.READ_CONNECTIONS)]
+        cursors = [stack.enter_context(conn.cursor()) for conn in conns]
+        for cur in cursors:
+            cur.execute("set max_parallel_workers_per_gather = 0")
+        groups = [relations[i :: len(conns)] for i in range(len(conns))]
+        for source in sources:
+            keys = ex.read_keys_between(quoting, source.pair, source.first_ts, source.last_ts)
+            for start in range(0, keys.size, ex.ROW_GROUP_ROWS):
+                chunk = keys[start : start + ex.ROW_GROUP_ROWS]
+                first, last = (dt.datetime.fromtimestamp(int(us) / 1e6, dt.UTC) for us in (chunk[0], chunk[-1]))
+                queries = [
+                    [
+                        sql.SQL("select ts_utc, {} from {} where pair = {} and ts_utc >= {} and ts_utc <= {} order by ts_utc").format(
+                            sql.SQL(", ").join(sql.Identifier(c) for c in relation.columns),
+                            sql.Identifier(*relation.name.split(".")),
+                            sql.Literal(source.pair), sql.Literal(first), sql.Literal(last),
+                        ).as_string(quoting)
+                        for relation in group
+                    ]
+                    for group in groups
+                ]  # fmt: skip
+
+                def read_group(index: int) -> dict[str, pa.Array]:
+                    columns = {}
+                    for relation, query in zip(groups[index], queries[index]):
+                        cursors[index].execute(query)
+                        table = cursors[index].fetch_arrow_table()
+                        ts = table.column("ts_utc").cast(pa.int64()).to_numpy()
+                        if ts.size != chunk.size or (ts != chunk).any():
+                            raise RuntimeError(f"{relation.name}: keys differ")
+                        columns.update(zip(relation.output, table.columns[1:]))
+                    return columns
+
+                with ThreadPoolExecutor(len(conns)) as pool:
+                    parts = list(pool.map(read_group, range(len(conns))))
+                merged = {name: array for part in parts for name, array in part.items()}
+                rows += len(next(iter(merged.values())))
+    return rows
+
+
+def view_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog, features: list[str], targets: list[str]) -> int:
+    """The view query, every value a never-NULL float8 with the row's NULL count, decoded by pgcopy."""
+    from bqx import pgcopy
+
+    rows = 0
+    with ex.connect(dsn) as conn:
+        conn.execute("set max_parallel_workers_per_gather = 0")
+        types = {name: sql_type for relation in ex.plan_relations(conn, catalog) for name, sql_type in zip(relation.output, relation.sql_types)}
+        for source in sources:
+            sql_text = ex.extraction_query(source, features, targets)
+            values = []
+            for name in [*features, *targets]:
+                table = "targets" if name in targets else "matrix"
+                expression = f"{table}.{name}::int::float8" if types[name] == "boolean" else f"{table}.{name}::float8"
+                values.append(f"coalesce({expression}, 'NaN')")
+            qualified = [f"{'targets' if n in targets else 'matrix'}.{n}" for n in [*features, *targets]]
+            # num_nulls takes at most 100 arguments
+            nulls = "(" + " + ".join("num_nulls(" + ", ".join(qualified[i : i + 100]) + ")" for i in range(0, len(qualified), 100)) + ")::int4"
+            head, tail = sql_text.split("\nfrom marts.feature_matrix", 1)
+            query = f"select matrix.ts_utc, {nulls}, {', '.join(values)}\nfrom marts.feature_matrix{tail}"
+            ts, *_ = pgcopy.read_copy(conn, query, [">i8", ">i4", *([">f8"] * len(values))])
+            rows += ts.size
+    return rows
+
+
+def view_adbc(dsn: str, source: ex.PairSource, features: list[str], targets: list[str]) -> int:
+    return sum(batch.num_rows for batch in ex.adbc_batches(dsn, ex.extraction_query(source, features, targets)))
+
+
+def psycopg_fetch(dsn: str, source: ex.PairSource, features: list[str], targets: list[str]) -> int:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(ex.extraction_query(source, features, targets)).fetchall()
+    return len(rows)
+
+
+def main() -> int:
+    catalog = feature_catalog(PROJECT_DIR)
+    features = [f.matrix_column for f in catalog.features]
+    targets = [t.column for t in catalog.targets]
+    models = sorted({f.model for f in catalog.features})
+    with bench_database("datasets") as bench:
+        wave1 = bench.dbt("run", "--select", "tag:wave1")
+        print(f"wave 1 built in {wave1:.0f} s")
+        with psycopg.connect(bench.dsn) as conn:
+            pairs = ex.pairs_with_bars(conn, list(dbt_vars()["pairs"]))
+            sources = ex.describe_pairs(conn, pairs[:BENCH_EXTRACT_PAIRS], None, None, models)
+        rows = sum(s.rows for s in sources)
+        width = len(features) + len(targets) + 2
+        seconds: dict[str, float] = {}
+        with tempfile.TemporaryDirectory(prefix="bqx_extract_bench_") as tmp:
+            readers = {
+                "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
+                "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
+                "relations_adbc": lambda: relations_adbc(bench.dsn, sources, catalog),
+                "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
+                "view_pgcopy": lambda: view_pgcopy(bench.dsn, sources, catalog, features, targets),
+                "psycopg_fetch": lambda: sum(psycopg_fetch(bench.dsn, s, features, targets) for s in sources),
+            }
+            for name, action in readers.items():
+                seconds[name], _ = best_of(REPEAT, action)
+        what = f"{len(sources)} pairs × 1 month, {rows:,} rows × {width} columns, best of {REPEAT}"
+        labels = {
+            "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
+            "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
+            "relations_adbc": "each relation by index as the builder reads them, two connections, decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C)",
+            "view_adbc": "the feature_matrix view joined with targets, ADBC PostgreSQL driver (binary COPY into Arrow in C)",
+            "view_pgcopy": "the feature_matrix view joined with targets, psycopg binary COPY of never-NULL float8 + NULL count, decoded by bqx.pgcopy",
+            "psycopg_fetch": "plain psycopg cursor.fetchall() of the view query, one Python object per value",
+        }
+        for name, value in seconds.items():
+            record(f"extract.{name}.rows_per_s", rows / value, "rows/s", f"{labels[name]}; {what} (goal ≥ 100k rows/s at 300+ columns)")
+            record(f"extract.{name}.values_per_s", rows * width / value, "values/s", f"{labels[name]}; {what}")
+            if name != "psycopg_fetch":
+                record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run")
+        for decoder in ("pgcopy", "adbc"):
+            record(
+                f"extract.ratio.relations_over_view.{decoder}", seconds[f"view_{decoder}"] / seconds[f"relations_{decoder}"], "×",
+                f"per relation vs the view, both decoded by {decoder} (> 1: per relation faster); same rows, same run",
+            )  # fmt: skip
+        for source in ("relations", "view"):
+            record(
+                f"extract.ratio.pgcopy_over_adbc.{source}", seconds[f"{source}_adbc"] / seconds[f"{source}_pgcopy"], "×",
+                f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run",
+            )  # fmt: skip
+
+        with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:
+            env = dict(os.environ, BQX_PG_DSN=bench.dsn)
+            command = ["/usr/bin/time", "-v", sys.executable, str(PROJECT_DIR / "python" / "build_datasets.py"), "--out", tmp, "--no-progress"]
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - started
+            if done.returncode != 0:
+                print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+                return 1
+            peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+            print(done.stdout)
+        size = f"{bench.pairs} pairs × 1 month ({bench.rows:,} bars)"
+        record("builder.wall.s", wall, "s", f"python/build_datasets.py, cold (extraction, validation incl. look-ahead rebuilds, selection, datasets, models, report), {size} (goal at FX-year: ≤ 300 s)")
+        record("builder.peak_rss.mib", peak_kib / 1024, "MiB", f"peak RSS of the builder (/usr/bin/time -v), {size} (goal at FX-year: ≤ 4096 MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,547 @@
+"""The dataset builder: extraction -> validation -> lags -> split -> selection -> datasets ->
+baseline models -> report. Each step is a module of this package; this one only wires them.
+
+`run(options)` is what `python python/build_datasets.py` and `bqx datasets` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bqx.datasets import datasets as ds
+from bqx.datasets import extract as ex
+from bqx.datasets import lags as lg
+from bqx.datasets import report as rp
+from bqx.datasets import select as sel
+from bqx.datasets import split as sp
+from bqx.datasets import train as tr
+from bqx.datasets import validate as va
+from bqx.datasets.files import atomic_write_text, ensure_writable, remove_leftovers, temporary_path
+from bqx.datasets.options import BuilderOptions, DatasetError, check_options
+from bqx.project import PROJECT_DIR, dbt_vars
+
+MIN_PART_ROWS = 100  # fewer rows in a part (pooled) and the split is not worth the name
+VALIDATION_FILE = "_validation.json"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    dataset_id: str
+    dataset_dir: Path
+    report: Path
+    reused_dataset: bool
+    reused_pairs: int
+    metrics: pd.DataFrame
+
+
+def catalog_hash(catalog: Any) -> str:
+    payload = {
+        "features": [dataclasses.asdict(f) for f in catalog.features],
+        "targets": [dataclasses.asdict(t) for t in catalog.targets],
+        "vars": catalog.dbt_vars,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_catalog(project_dir: Path, overrides: dict[str, Any]) -> Any:
+    from bqx.catalog import feature_catalog
+
+    try:
+        return feature_catalog(project_dir, vars=overrides or None)
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the catalog's own message says what is wrong
+        raise DatasetError(f"cannot read the feature catalog: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+
+
+def _status(message: str, options: BuilderOptions) -> None:
+    if options.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _validation_key(extracts: Sequence[ex.PairExtract], options: BuilderOptions, catalog_digest: str) -> str:
+    payload = [
+        [[e.pair, e.fingerprint, e.columns_hash, e.rows, e.first_ts, e.last_ts] for e in extracts],
+        options.seed,
+        options.lookahead_cuts,
+        options.target_checks,
+        catalog_digest,
+        va.COMPARE_BARS,
+    ]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def validated(dsn: str, extracts: Sequence[ex.PairExtract], catalog: Any, options: BuilderOptions, end_ts: dt.datetime, catalog_digest: str) -> dict[str, Any]:
+    """Validate (or reuse a passed validation of exactly these extractions); raise on failure."""
+    path = options.out / "features" / VALIDATION_FILE
+    key = _validation_key(extracts, options, catalog_digest)
+    if options.reuse:
+        try:
+            previous = json.loads(path.read_text())
+            if previous.get("key") == key and not previous.get("problems"):
+                return previous
+        except (OSError, json.JSONDecodeError):
+            pass
+    work = options.out / "features" / ".work"
+    try:
+        report = va.validate(
+            dsn,
+            extracts,
+            catalog,
+            end_ts=end_ts,
+            lookahead_cuts=options.lookahead_cuts,
+            target_checks=options.target_checks,
+            seed=options.seed,
+            work=work,
+            dbt_vars=options.dbt_var_overrides(),
+            progress=options.progress,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # dbt's target folders of the scratch builds
+    record = {"key": key, "problems": [p.line() for p in report.problems], "summary": report.summary, "checked": report.checked}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    report.raise_if_failed(path)
+    return record
+
+
+@dataclass(frozen=True)
+class PairRows:
+    """One pair's row keys, usable mask and part assignment."""
+
+    extract: ex.PairExtract
+    keys: sp.PairKeys
+    usable: np.ndarray
+    assignment: sp.Assignment
+    target_end_us: np.ndarray
+
+
+def read_keys(extract: ex.PairExtract) -> sp.PairKeys:
+    table = pq.read_table(extract.path, columns=["ts_utc", "bar_number"])
+    ts = table.column("ts_utc").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    return sp.PairKeys(extract.pair, ts, table.column("bar_number").to_numpy())
+
+
+def _check_long_enough(sources: Sequence[ex.PairSource], longest_warmup: int, longest_lag: int) -> None:
+    """Before any extraction: every pair has rows after its warm-ups and lags (the split's own
+    minimum is checked once the rows are known)."""
+    for source in sources:
+        first_usable = max(longest_lag, longest_warmup + longest_lag - source.bars_before)  # 0-based position
+        if source.rows <= first_usable:
+            raise DatasetError(
+                f"the range of {source.pair} is too short: {source.rows} bars, but usable rows start after the longest warm-up "
+                f"({longest_warmup} bars) plus the longest lag ({longest_lag} bars); widen --start/--end or use shorter --lags"
+            )
+
+
+def split_rows(extracts: Sequence[ex.PairExtract], catalog: Any, options: BuilderOptions) -> tuple[sp.SplitPlan, list[PairRows]]:
+    longest_lag = lg.longest(options.lags)
+    longest_horizon = max(t.horizon_bars for t in catalog.targets)
+    keys = [read_keys(e) for e in extracts]
+    usable = [sp.usable_mask(k, catalog.longest_warmup_bars, longest_lag) for k in keys]
+    empty = [k.pair for k, u in zip(keys, usable) if not u.any()]
+    if empty:
+        raise DatasetError(
+            f"the range of {empty[0]} is too short: no usable row after the longest warm-up ({catalog.longest_warmup_bars} bars) "
+            f"plus the longest lag ({longest_lag} bars); widen --start/--end or use shorter --lags"
+        )
+    plan = sp.plan_split([k.known_at_us[u] for k, u in zip(keys, usable)], options.train_fraction, options.val_fraction, options.walk_forward, options.embargo_bars, longest_horizon)
+    rows = []
+    for extract, key, mask in zip(extracts, keys, usable):
+        rows.append(PairRows(extract, key, mask, sp.split_pair(key, mask, plan), sp.target_end_us(key, longest_horizon)))
+    totals = {name: sum(int((r.assignment.part == code).sum()) for r in rows) for code, name in sp.PART_NAMES.items()}
+    short = [name for name, n in totals.items() if n < MIN_PART_ROWS]
+    if short:
+        raise DatasetError(
+            f"the range is too short for the split: after the warm-ups ({catalog.longest_warmup_bars} bars), lags ({longest_lag}) and "
+            f"the purge ({longest_horizon} bars per boundary) the {short[0]} part holds {totals[short[0]]} rows (< {MIN_PART_ROWS}); widen --start/--end"
+        )
+    return plan, rows
+
+
+def _pair_arrays(extract: ex.PairExtract, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    table = ex.read_pair(extract, columns)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in columns}
+
+
+def selection_sample(
+    rows: Sequence[PairRows], part_of: Sequence[np.ndarray], candidates: Sequence[lg.Candidate], targets: Sequence[str], options: BuilderOptions, seed_offset: int = 0
+) -> tuple[sel.Sample, sel.Sample]:
+    """Seeded samples of training rows across all pairs: the forest's fit rows (their targets
+    close before the hold-out cut) and the hold-out (known after it), both training rows only."""
+    train_known = np.concatenate([r.keys.known_at_us[p == sp.TRAIN] for r, p in zip(rows, part_of)])
+    cut = sel.holdout_cut(train_known)
+    fit_pool, hold_pool = [], []
+    for index, (r, p) in enumerate(zip(rows, part_of)):
+        train = np.flatnonzero(p == sp.TRAIN)
+        fit_pool.append(np.column_stack([np.full(train.size, index), train])[r.target_end_us[train] <= cut])
+        hold_pool.append(np.column_stack([np.full(train.size, index), train])[r.keys.known_at_us[train] > cut])
+    rng = np.random.default_rng(options.seed + seed_offset)
+    picks = []
+    for pool, size in ((np.concatenate(fit_pool), options.selection_sample), (np.concatenate(hold_pool), options.holdout_rows if options.importance == "permutation" else 0)):
+        chosen = pool[np.sort(rng.choice(pool.shape[0], size=min(size, pool.shape[0]), replace=False))] if size else pool[:0]
+        picks.append(chosen)
+    names = [c.name for c in candidates]
+    bases = list(dict.fromkeys(c.base for c in candidates))
+    samples = []
+    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [[], []]
+    for index, r in enumerate(rows):
+        wanted = [pick[pick[:, 0] == index, 1] for pick in picks]
+        if not any(w.size for w in wanted):
+            continue
+        arrays = _pair_arrays(r.extract, [*bases, *targets])  # one pair's columns at a time
+        for k, positions in enumerate(wanted):
+            if positions.size:
+                x, y = sel.gather(arrays, positions, candidates, targets)
+                parts[k].append((x, y, r.keys.known_at_us[positions], r.target_end_us[positions], np.full(positions.size, r.extract.pair)))
+        del arrays
+    for chunks in parts:
+        if chunks:
+            x, y, known, end, pair = (np.concatenate([c[i] for c in chunks]) for i in range(5))
+        else:
+            x, y = np.empty((0, len(names)), np.float32), np.empty((0, len(targets)))
+            known = end = np.empty(0, np.int64)
+            pair = np.empty(0, dtype=object)
+        samples.append(sel.Sample(x, y, tuple(names), tuple(targets), known, end, pair))
+    return samples[0], samples[1]
+
+
+def run_selection(rows: Sequence[PairRows], part_of: Sequence[np.ndarray], candidates: Sequence[lg.Candidate], targets: Sequence[str], options: BuilderOptions, seed_offset: int = 0) -> sel.Selection:
+    fit, holdout = selection_sample(rows, part_of, candidates, targets, options, seed_offset)
+    return sel.select_features(fit, holdout, candidates, top_n=options.top_n, importance=options.importance, trees=options.forest_trees, seed=options.seed + seed_offset, forest=options.forest)
+
+
+def _span(keys: sp.PairKeys, part: np.ndarray, code: int) -> list[str] | None:
+    index = np.flatnonzero(part == code)
+    if not index.size:
+        return None
+    return [_iso(int(keys.known_at_us[index[0]])), _iso(int(keys.known_at_us[index[-1]]))]
+
+
+def _iso(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).isoformat()
+
+
+def _chunks(root: Path, part: str, selected: Sequence[str], targets: Sequence[str]) -> Iterator[tr.Chunk]:
+    for table in ds.iter_part(root, part, ["pair", "known_at", *selected, *targets]):
+        x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in selected])
+        y = np.column_stack([table.column(t).to_numpy(zero_copy_only=False) for t in targets])
+        known = table.column("known_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        yield tr.Chunk(table.column("pair")[0].as_py(), known, x, y)
+
+
+def training_set(root: Path, selected: Sequence[str], targets: Sequence[str], size: int, seed: int, longest_horizon: int) -> tuple[tr.TrainingSet, int]:
+    """A seeded sample of the written train part (all of it when smaller than `size`)."""
+    files = ds.part_files(root, "train")
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    total = sum(counts)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
+    offsets = np.cumsum([0, *counts])
+    xs, ys, known, pairs = [], [], [], []
+    for index, chunk in enumerate(_chunks(root, "train", selected, targets)):
+        local = chosen[(chosen >= offsets[index]) & (chosen < offsets[index + 1])] - offsets[index]
+        xs.append(chunk.x[local])
+        ys.append(chunk.y[local])
+        known.append(chunk.known_at_us[local])
+        pairs.append(np.full(local.size, chunk.pair))
+    known_all = np.concatenate(known)
+    return tr.TrainingSet(np.concatenate(xs), np.concatenate(ys), known_all, np.full(known_all.size, -1), np.concatenate(pairs)), total
+
+
+def build_manifest(
+    identifier: str,
+    options: BuilderOptions,
+    catalog: Any,
+    plan: sp.SplitPlan,
+    rows: Sequence[PairRows],
+    part_counts: dict[str, dict[str, int]],
+    selection: sel.Selection,
+    selected_types: dict[str, pa.DataType],
+    folds: list[dict[str, Any]],
+    builder_state: dict[str, Any],
+    catalog_digest: str,
+    validation: dict[str, Any],
+) -> dict[str, Any]:
+    longest_lag = lg.longest(options.lags)
+    per_pair = {}
+    for r in rows:
+        counts = dict(part_counts[r.extract.pair])
+        counts.update(r.assignment.counts)
+        per_pair[r.extract.pair] = {
+            "rows": counts,
+            "spans": {name: _span(r.keys, r.assignment.part, code) for code, name in sp.PART_NAMES.items()},
+        }
+    totals: dict[str, int] = {}
+    for entry in per_pair.values():
+        for key, value in entry["rows"].items():
+            totals[key] = totals.get(key, 0) + int(value)
+    return {
+        "id": identifier,
+        "rebuild": "python python/build_datasets.py " + " ".join(_cli_args(options)),
+        "builder": builder_state,
+        "options": options.identity(),
+        "dbt_vars": dbt_vars(PROJECT_DIR) | options.dbt_var_overrides(),
+        "dbt_var_overrides": options.dbt_var_overrides(),
+        "catalog_sha256": catalog_digest,
+        "source": {
+            "pairs": [r.extract.pair for r in rows],
+            "last_bar": max(r.extract.last_ts for r in rows),
+            "per_pair": {
+                r.extract.pair: {
+                    "first_ts": r.extract.first_ts,
+                    "last_ts": r.extract.last_ts,
+                    "rows": r.extract.rows,
+                    "bars_before": r.extract.bars_before,
+                    "fingerprint": r.extract.fingerprint,
+                    "float64_columns": list(r.extract.float64_columns),
+                }
+                for r in rows
+            },
+            "fingerprint_covers": "raw bars up to the end (count + hash sum), first/last minute and relfilenode of every relation read, the feature_matrix definition",
+        },
+        "usable_rows": {"longest_warmup_bars": catalog.longest_warmup_bars, "longest_lag_bars": longest_lag},
+        "lags": list(options.lags),
+        "features": [{"name": n, "type": str(selected_types[n])} for n in selection.selected],
+        "targets": [t.column for t in catalog.targets],
+        "target_horizons": {t.column: t.horizon_bars for t in catalog.targets},
+        "split": {
+            "fractions": [options.train_fraction, options.train_fraction + options.val_fraction],
+            "boundaries": {"train_end": _iso(plan.boundaries[0]), "val_end": _iso(plan.boundaries[1])},
+            "rule": "train: target_end <= train_end; val: known_at > train_end and target_end <= val_end; test: known_at > val_end",
+            "longest_horizon": plan.longest_horizon,
+            "embargo_bars": plan.embargo_bars,
+            "fold_cuts": [[_iso(a), _iso(b)] for a, b in plan.fold_cuts],
+        },
+        "parts": per_pair,
+        "totals": totals,
+        "selection": {"sampled": selection.sampled, "stability": selection.stability, "selected": list(selection.selected)},
+        "folds": folds,
+        "validation": validation.get("checked", {}),
+        "seed": options.seed,
+    }
+
+
+def _cli_args(options: BuilderOptions) -> list[str]:
+    values = options.identity()
+    args = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = "--vars" if name == "vars" else "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, f"'{value}'" if name == "vars" else str(value)]
+    return args
+
+
+def _write_dataset(
+    tmp: Path,
+    rows: Sequence[PairRows],
+    plan: sp.SplitPlan,
+    catalog: Any,
+    options: BuilderOptions,
+    candidates: Sequence[lg.Candidate],
+    selection: sel.Selection,
+) -> tuple[dict[str, dict[str, int]], dict[str, pa.DataType], list[dict[str, Any]]]:
+    from tqdm import tqdm
+
+    features = [f.matrix_column for f in catalog.features]
+    targets = [t.column for t in catalog.targets]
+    extracts = [r.extract for r in rows]
+    types = ds.column_types(selection.selected, features, extracts)
+    writer = ds.PartWriter(tmp, ds.dataset_schema(selection.selected, types, targets))
+    counts = {}
+    for r in tqdm(rows, desc="write datasets", disable=not options.progress, leave=False):
+        table = ds.pair_columns(r.extract, selection.selected, features, targets)
+        counts[r.extract.pair] = ds.write_parts(writer, table, r.assignment, targets)
+    folds = []
+    for k in range(len(plan.fold_cuts)):
+        assignments = [sp.fold_pair(r.keys, r.usable, plan, k) for r in rows]
+        fold_selection = run_selection(rows, [a.part for a in assignments], candidates, targets, options, seed_offset=k + 1)
+        fold_types = ds.column_types(fold_selection.selected, features, extracts)
+        fold_writer = ds.PartWriter(tmp / "folds" / str(k + 1), ds.dataset_schema(fold_selection.selected, fold_types, targets))
+        fold_counts = {}
+        for r, assignment in zip(rows, assignments):
+            table = ds.pair_columns(r.extract, fold_selection.selected, features, targets)
+            fold_counts[r.extract.pair] = ds.write_parts(fold_writer, table, assignment, targets, {sp.TRAIN: "train", sp.VAL: "val"})
+        fold_selection.importances.to_csv(tmp / "folds" / str(k + 1) / "importances.csv", index=False)
+        folds.append(
+            {
+                "fold": k + 1,
+                "train_end": _iso(plan.fold_cuts[k][0]),
+                "val_end": _iso(plan.fold_cuts[k][1]),
+                "features": list(fold_selection.selected),
+                "rows": fold_counts,
+                "purged": {r.extract.pair: a.counts for r, a in zip(rows, assignments)},
+                "selection": {"sampled": fold_selection.sampled, "stability": fold_selection.stability},
+            }
+        )
+    return counts, types, folds
+
+
+def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PROJECT_DIR) -> BuildResult:
+    """Build (or reuse) the datasets and the report; raise DatasetError with what to do."""
+    from bqx import server
+
+    # the code this process runs, hashed before anything else: the id must name the code that
+    # writes the files, not files edited while a long run went on (a demo dataset once carried
+    # the id of code edited mid-run and files written by the code loaded before the edit)
+    code_hash = ds.builder_code_hash(project_dir)
+    builder_state = {"code_sha256": code_hash, **ds.git_state(project_dir), "libraries": ds.library_versions()}
+    check_options(options)
+    out = options.out.resolve()
+    options = dataclasses.replace(options, out=out)
+    ensure_writable(out)
+    remove_leftovers(out)
+    catalog = load_catalog(project_dir, options.dbt_var_overrides())
+    features = [f.matrix_column for f in catalog.features]
+    targets = [t.column for t in catalog.targets]
+    models = sorted({f.model for f in catalog.features})
+    dsn = dsn or server.ensure_server(project_dir)  # BQX_PG_DSN, or the embedded server (started if need be)
+    vars_in_force = dbt_vars(project_dir) | options.dbt_var_overrides()  # the catalog keeps the overrides only
+    known_pairs = list(vars_in_force.get("pairs", []))
+    if options.pairs:
+        unknown = [p for p in options.pairs if p not in known_pairs]
+        if unknown:
+            raise DatasetError(f"--pairs: {unknown[0]} is not one of the pairs of the dbt var `pairs` ({', '.join(known_pairs[:4])}, ...)")
+    with ex.connect(dsn) as conn:
+        ex.require_models(conn, models, dsn)
+        pairs = list(options.pairs) if options.pairs else ex.pairs_with_bars(conn, known_pairs)
+        if not pairs:
+            raise DatasetError(f"the database {ex.where(dsn)} holds no bars of any pair: load them with `bqx load`, then `bqx build`")
+        _status(f"fingerprinting {len(pairs)} pairs", options)
+        sources = ex.describe_pairs(conn, pairs, options.start, options.end, models)
+    _, end_ts = ex._bounds(options.start, options.end)
+    _check_long_enough(sources, catalog.longest_warmup_bars, lg.longest(options.lags))
+    extracts = ex.extract_pairs(dsn, sources, catalog, out, reuse=options.reuse, progress=options.progress)
+    reused_pairs = sum(e.reused for e in extracts)
+    _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
+    digest = catalog_hash(catalog)
+    validation = validated(dsn, extracts, catalog, options, end_ts, digest)
+
+    identifier = ds.dataset_id(extracts, options.identity(), digest, code_hash)
+    datasets_dir = out / "datasets"
+    root = datasets_dir / identifier
+    reused = root.is_dir() and (root / "manifest.json").is_file() and options.reuse
+    if not reused:
+        if root.exists():  # --no-reuse: a finished dataset is never overwritten, only rebuilt aside and compared
+            raise DatasetError(f"dataset {identifier} already exists at {root}: it is never overwritten (drop --no-reuse to reuse it, or delete it)")
+        plan, rows = split_rows(extracts, catalog, options)
+        candidates = lg.candidates(features, [f.matrix_column for f in catalog.features if f.laggable], options.lags)
+        _status(f"selecting {options.top_n} of {len(candidates)} candidates (forest on {options.selection_sample:,} training rows)", options)
+        selection = run_selection(rows, [r.assignment.part for r in rows], candidates, targets, options)
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+        with temporary_path(root) as tmp:
+            tmp.mkdir()
+            counts, types, folds = _write_dataset(tmp, rows, plan, catalog, options, candidates, selection)
+            _status("fitting the baseline models", options)
+            train_set, train_rows = training_set(tmp, selection.selected, targets, options.train_sample, options.seed, plan.longest_horizon)
+            evaluation = tr.fit_and_score(
+                train_set,
+                lambda: _chunks(tmp, "val", selection.selected, targets),
+                lambda: _chunks(tmp, "test", selection.selected, targets),
+                targets,
+                options.seed,
+                options.progress,
+            )
+            manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation)
+            manifest["training"] = {
+                "train_rows": train_rows,
+                "train_rows_sampled": int(train_set.y.shape[0]),
+                "tuning": evaluation.tuning,
+                "models": {"ridge_alphas": list(tr.RIDGE_ALPHAS), "boosting": tr.BOOSTING},
+            }
+            ds.write_manifest(tmp, manifest)
+            (tmp / "evaluation").mkdir()
+            evaluation.metrics.to_csv(tmp / "evaluation" / "metrics.csv", index=False)
+            pq.write_table(pa.Table.from_pandas(evaluation.predictions, preserve_index=False), tmp / "evaluation" / "test_predictions.parquet", **ex.PARQUET_OPTIONS | {"use_dictionary": ["pair"]})
+            selection.importances.to_csv(tmp / "importances.csv", index=False)
+            (tmp / "validation.json").write_text(json.dumps({"summary": validation.get("summary", []), "checked": validation.get("checked", {})}, indent=2) + "\n")
+    manifest = json.loads((root / "manifest.json").read_text())
+    metrics = pd.read_csv(root / "evaluation" / "metrics.csv")
+    predictions = pq.read_table(root / "evaluation" / "test_predictions.parquet").to_pandas()
+    importances = pd.read_csv(root / "importances.csv")
+    validation_record = json.loads((root / "validation.json").read_text())
+    ds.write_latest(datasets_dir, identifier)
+    report = rp.write_report(out / "report", out / "selection", manifest, metrics, importances, predictions, validation_record)
+    return BuildResult(identifier, root, report, reused, reused_pairs, metrics)
+
+
+def closing_note(result: BuildResult) -> str:
+    """What the command prints at the end: where things are and the pooled test R^2."""
+    pooled = result.metrics[(result.metrics["pair"] == "all") & (result.metrics["model"] != "zero")]
+    table = pooled.pivot(index="model", columns="target", values="r2")
+    lines = [
+        f"dataset {result.dataset_id} ({'reused' if result.reused_dataset else 'built'}): {result.dataset_dir}",
+        "test R² against the zero predictor, all pairs pooled:",
+        "  model     " + " ".join(f"{c.replace('target_bqx_', ''):>9}" for c in table.columns),
+        *[f"  {model:<9} " + " ".join(f"{v:>9.5f}" for v in table.loc[model]) for model in table.index],
+        f"peak memory of the builder: {_peak_rss_mib():,.0f} MiB",
+        f"report: {result.report}",
+        f"  e.g. the R² heat-map (pairs × horizons): {result.report.parent / 'r2_heatmap.png'}",
+    ]
+    return "\n".join(lines)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    # the builder's own peak, or its largest child's (dbt for the look-ahead rebuilds) if larger:
+    # the figure `/usr/bin/time -v` reports as "Maximum resident set size"
+    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak_kib / 1024  # KiB on Linux
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "build_datasets.py") -> int:
+    """Parse the options, run the builder, print the closing note; errors are one line."""
+    import argparse
+
+    from bqx.datasets.options import add_arguments, options_from_args
+
+    parser = argparse.ArgumentParser(prog=prog, description="Turn the feature store into leakage-free train/val/test datasets, a feature selection, baseline models and a report.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_command(args, prog)
+
+
+def run_command(args: Any, prog: str) -> int:
+    from bqx.datasets.options import options_from_args
+
+    import os
+
+    import psycopg
+
+    from bqx import server
+    from bqx.safe_files import UnsafePathError
+
+    try:
+        result = run(options_from_args(args))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (nothing half-written is left looking finished)", file=sys.stderr)
+        return 130
+    except (DatasetError, server.ServerError, UnsafePathError, OSError, psycopg.Error) as err:
+        # bad input or an unusable server: one line saying what to do
+        print(f"{prog}: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a bug of the builder: one line, exit 4 as every bqx command
+        if os.environ.get("BQX_TRACEBACK"):
+            raise
+        print(f"{prog}: internal error ({type(err).__name__}): {' '.join(str(err).split())} (set BQX_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 4
+    print(closing_note(result))
+    return 0

@@ -1,0 +1,149 @@
+"""Baseline models per horizon, fit on training rows, tuned on val, scored once on test.
+
+- zero: predicts 0 (a target is a relative move; its R^2 against zero is 0 by definition);
+- ridge: median imputer -> standard scaler -> ridge regression, all fit on the training rows;
+  the penalty is chosen on val (pooled R^2) from RIDGE_ALPHAS;
+- boosting: scikit-learn's HistGradientBoostingRegressor (NaN handled natively, no imputer),
+  its number of iterations chosen on val (early stopping on val, never on a slice of train).
+
+R^2 is against the zero predictor: 1 - sum((y - y_hat)^2) / sum(y^2), per pair x horizon on
+the test part (and pooled), the usual out-of-sample measure for returns. Val and test are
+streamed pair by pair; only the training sample is in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+RIDGE_ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
+BOOSTING = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 15, "min_samples_leaf": 500, "l2_regularization": 1.0}
+MODELS = ("zero", "ridge", "boosting")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows of one pair of one part: features (float32, NaN = NULL) and every target."""
+
+    pair: str
+    known_at_us: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    x: np.ndarray
+    y: np.ndarray
+    known_at_us: np.ndarray
+    target_end_us: np.ndarray
+    pair: np.ndarray
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: pd.DataFrame  # part, model, target, pair (or "all"), rows, r2
+    tuning: dict[str, dict[str, float]]  # per target: ridge alpha, boosting iterations
+    predictions: pd.DataFrame  # test rows: pair, known_at, per target y and each model's y_hat
+
+
+def _preprocessing():  # noqa: ANN202
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
+
+
+def _ridges(preprocessing, x: np.ndarray, y: np.ndarray) -> list:  # noqa: ANN001
+    """One ridge per penalty on the (already fitted) imputer + scaler's output."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+
+    transformed = preprocessing.transform(x)
+    return [make_pipeline(preprocessing, Ridge(alpha=alpha).fit(transformed, y)) for alpha in RIDGE_ALPHAS]
+
+
+def _boosting(seed: int):  # noqa: ANN202
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(early_stopping=False, random_state=seed, **BOOSTING)
+
+
+def r2_against_zero(sse: float, sum_y2: float) -> float:
+    return 1.0 - sse / sum_y2 if sum_y2 > 0 else float("nan")
+
+
+def fit_and_score(
+    train: TrainingSet,
+    val: Callable[[], Iterator[Chunk]],
+    test: Callable[[], Iterator[Chunk]],
+    targets: Sequence[str],
+    seed: int,
+    progress: bool = True,
+) -> Evaluation:
+    """Fit each target's models on `train`, choose their settings on val, score test once."""
+    from tqdm import tqdm
+
+    tuning: dict[str, dict[str, float]] = {}
+    fitted: dict[str, dict[str, object]] = {}
+    preprocessing = _preprocessing().fit(train.x)  # the imputer and the scaler see training rows only
+    for t, target in enumerate(tqdm(targets, desc="baseline models", disable=not progress, leave=False)):
+        y = train.y[:, t]
+        ridges = _ridges(preprocessing, train.x, y)
+        boosting = _boosting(seed).fit(train.x, y)
+        ridge_sse = np.zeros(len(RIDGE_ALPHAS))
+        stage_sse = np.zeros(boosting.n_iter_)
+        for chunk in val():
+            truth = chunk.y[:, t]
+            for i, model in enumerate(ridges):
+                ridge_sse[i] += float(((truth - model.predict(chunk.x)) ** 2).sum())
+            for stage, predicted in enumerate(boosting.staged_predict(chunk.x)):
+                stage_sse[stage] += float(((truth - predicted) ** 2).sum())
+        best_ridge = int(np.argmin(ridge_sse))
+        best_stage = int(np.argmin(stage_sse))
+        tuning[target] = {"ridge_alpha": RIDGE_ALPHAS[best_ridge], "boosting_iterations": best_stage + 1}
+        fitted[target] = {"ridge": ridges[best_ridge], "boosting": boosting, "stage": best_stage}
+
+    sums: dict[tuple[str, str, str], list[float]] = {}
+    frames = []
+    for chunk in test():
+        if not np.isfinite(chunk.y).all():  # an R^2 over a NaN target would be NaN, or silently skip rows
+            raise ValueError(f"{chunk.pair}: a test row without a finite target: the split is broken")
+        frame = {"pair": np.full(chunk.known_at_us.size, chunk.pair), "known_at_us": chunk.known_at_us}
+        for t, target in enumerate(targets):
+            truth = chunk.y[:, t]
+            predictions = {
+                "zero": np.zeros_like(truth),
+                "ridge": fitted[target]["ridge"].predict(chunk.x),  # type: ignore[union-attr]
+                "boosting": _stage(fitted[target]["boosting"], chunk.x, int(fitted[target]["stage"])),  # type: ignore[arg-type]
+            }
+            frame[f"{target}"] = truth
+            for model, predicted in predictions.items():
+                if model != "zero":
+                    frame[f"{target}__{model}"] = predicted.astype(np.float32)
+                for key in ((model, target, chunk.pair), (model, target, "all")):
+                    acc = sums.setdefault(key, [0.0, 0.0, 0])
+                    acc[0] += float(((truth - predicted) ** 2).sum())
+                    acc[1] += float((truth**2).sum())
+                    acc[2] += truth.size
+        frames.append(pd.DataFrame(frame))
+    metrics = pd.DataFrame(
+        [
+            {"part": "test", "model": model, "target": target, "pair": pair, "rows": int(n), "r2": r2_against_zero(sse, sum_y2)}
+            for (model, target, pair), (sse, sum_y2, n) in sums.items()
+        ]
+    )
+    predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return Evaluation(metrics=metrics, tuning=tuning, predictions=predictions)
+
+
+def _stage(model, x: np.ndarray, stage: int) -> np.ndarray:  # noqa: ANN001
+    """The boosting model's prediction after `stage` + 1 iterations (the one chosen on val)."""
+    for index, predicted in enumerate(model.staged_predict(x)):
+        if index == stage:
+            return predicted
+    raise AssertionError("stage beyond the fitted iterations")

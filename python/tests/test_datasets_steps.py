@@ -1,0 +1,179 @@
+"""The dataset builder's steps on generated arrays (no database): split, lags, selection,
+the float32 decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bqx.datasets import extract as ex
+from bqx.datasets import lags as lg
+from bqx.datasets import select as sel
+from bqx.datasets import split as sp
+
+MINUTE = sp.MINUTE_US
+T0 = 1_719_792_000_000_000  # 2024-07-01 00:00 UTC in µs
+
+
+def _pair_keys(pair: str, n: int, offset_minutes: int, gap_every: int, seed: int) -> sp.PairKeys:
+    """n bars one minute apart, with a multi-hour gap every `gap_every` bars (weekends, outages)."""
+    rng = np.random.default_rng(seed)
+    steps = np.ones(n, dtype=np.int64)
+    steps[gap_every::gap_every] = rng.integers(60, 600, size=steps[gap_every::gap_every].size)
+    ts = T0 + (offset_minutes + np.cumsum(steps)) * MINUTE
+    return sp.PairKeys(pair, ts, np.arange(1, n + 1) + 500)
+
+
+@pytest.fixture()
+def three_pairs() -> list[sp.PairKeys]:
+    return [_pair_keys("EURUSD", 5000, 0, 700, 1), _pair_keys("USDJPY", 5000, 3, 650, 2), _pair_keys("EURJPY", 4900, 7, 720, 3)]
+
+
+def _split(keys: list[sp.PairKeys], horizon: int = 60, embargo: int = 0, folds: int = 0) -> tuple[sp.SplitPlan, list[np.ndarray], list[sp.Assignment]]:
+    usable = [sp.usable_mask(k, longest_warmup=100, longest_lag=180) for k in keys]
+    plan = sp.plan_split([k.known_at_us[u] for k, u in zip(keys, usable)], 0.7, 0.15, folds, embargo, horizon)
+    return plan, usable, [sp.split_pair(k, u, plan) for k, u in zip(keys, usable)]
+
+
+def test_boundaries_are_pooled_quantiles_shared_by_every_pair(three_pairs: list[sp.PairKeys]) -> None:
+    plan, usable, assignments = _split(three_pairs)
+    pooled = np.sort(np.concatenate([k.known_at_us[u] for k, u in zip(three_pairs, usable)]))
+    b1, b2 = plan.boundaries
+    assert b1 in pooled and b2 in pooled
+    assert abs(np.searchsorted(pooled, b1, side="right") / pooled.size - 0.70) < 1e-3
+    assert abs(np.searchsorted(pooled, b2, side="right") / pooled.size - 0.85) < 1e-3
+    for keys, assignment in zip(three_pairs, assignments):
+        known = keys.known_at_us
+        # the same instants cut every pair: nothing of a later part is known before a boundary
+        assert known[assignment.part == sp.TRAIN].max() <= b1 < known[assignment.part == sp.VAL].min()
+        assert known[assignment.part == sp.VAL].max() <= b2 < known[assignment.part == sp.TEST].min()
+
+
+def test_no_training_target_reaches_validation(three_pairs: list[sp.PairKeys]) -> None:
+    horizon = 60
+    plan, usable, assignments = _split(three_pairs, horizon)
+    b1, b2 = plan.boundaries
+    purged = 0
+    for keys, assignment in zip(three_pairs, assignments):
+        end = sp.target_end_us(keys, horizon)
+        # the longest target of a row closes when the pair's bar t+H closes (bars, not minutes)
+        assert end[0] == keys.ts_us[horizon] + MINUTE
+        assert end[assignment.part == sp.TRAIN].max() <= b1
+        assert end[assignment.part == sp.VAL].max() <= b2
+        assert (end[assignment.part == sp.TEST] != sp.NO_END).all()
+        straddling = usable[three_pairs.index(keys)] & (keys.known_at_us <= b1) & (end > b1)
+        assert (assignment.part[straddling] == sp.NONE).all() and straddling.sum() == horizon
+        purged += assignment.counts["purged"]
+    assert purged == 2 * horizon * len(three_pairs)  # H rows before each of the two boundaries
+
+
+def test_embargo_drops_bars_after_each_boundary(three_pairs: list[sp.PairKeys]) -> None:
+    plan, _, plain = _split(three_pairs)
+    _, _, embargoed = _split(three_pairs, embargo=30)
+    for keys, a, b in zip(three_pairs, plain, embargoed):
+        for code in (sp.VAL, sp.TEST):
+            first_plain = np.flatnonzero(a.part == code)
+            first_embargoed = np.flatnonzero(b.part == code)
+            assert first_embargoed[0] == first_plain[0] + 30
+        assert b.counts["embargoed"] == 60
+
+
+def test_walk_forward_folds_are_expanding_and_purged(three_pairs: list[sp.PairKeys]) -> None:
+    plan, usable, _ = _split(three_pairs, folds=3)
+    assert len(plan.fold_cuts) == 3 and plan.fold_cuts[-1][1] == plan.boundaries[1]
+    train_sizes = []
+    for fold in range(3):
+        train_end, val_end = plan.fold_cuts[fold]
+        total = 0
+        for keys, mask in zip(three_pairs, usable):
+            a = sp.fold_pair(keys, mask, plan, fold)
+            end = sp.target_end_us(keys, plan.longest_horizon)
+            assert end[a.part == sp.TRAIN].max() <= train_end < keys.known_at_us[a.part == sp.VAL].min()
+            assert end[a.part == sp.VAL].max() <= val_end
+            total += int((a.part == sp.TRAIN).sum())
+        train_sizes.append(total)
+    assert train_sizes == sorted(train_sizes) and train_sizes[0] < train_sizes[-1]
+
+
+def test_usable_rows_start_after_warmup_and_longest_lag() -> None:
+    keys = sp.PairKeys("EURUSD", T0 + np.arange(1000) * MINUTE, np.arange(1, 1001) + 50)
+    mask = sp.usable_mask(keys, longest_warmup=120, longest_lag=180)
+    # bar_number - 180 > 120 -> bar_number > 300 -> position > 249; and position >= 180
+    assert np.flatnonzero(mask)[0] == 250
+
+
+def test_lags_are_a_within_pair_shift() -> None:
+    values = np.arange(10, dtype=np.float32)
+    lagged = lg.lag_column(values, 3)
+    assert np.isnan(lagged[:3]).all() and (lagged[3:] == values[:7]).all()
+    positions = np.array([0, 2, 5, 9])
+    at = lg.lagged_values_at(values, positions, 3)
+    assert np.isnan(at[:2]).all() and list(at[2:]) == [2.0, 6.0]
+    assert lg.parse_name("rate_rsi_14_lag120", ["rate_rsi_14"]) == lg.Candidate("rate_rsi_14_lag120", "rate_rsi_14", 120)
+    assert lg.parse_name("rate_rsi_14", ["rate_rsi_14"]).lag == 0
+    names = [c.name for c in lg.candidates(["a", "hour"], ["a"], [60, 120])]
+    assert names == ["a", "hour", "a_lag60", "a_lag120"]  # time features are not lagged
+
+
+def _random_walks(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.cumsum(rng.standard_normal((n, k)), axis=0).astype(np.float32) / 10
+
+
+def test_planted_lagged_signal_is_selected_in_the_top_5() -> None:
+    """A target that depends on one lagged feature (x7 120 bars back), among 20 features with
+    three lags each whose neighbours are near-duplicates: selection ranks it in the top 5."""
+    rng = np.random.default_rng(7)
+    features = [f"f{i}" for i in range(20)]
+    candidates = lg.candidates(features, features, [60, 120, 180])
+    pairs = {}
+    for pair in ("EURUSD", "USDJPY"):
+        columns = dict(zip(features, _random_walks(6000, 20, rng).T))
+        columns["f7"] = rng.standard_normal(6000).astype(np.float32)  # the signal's source
+        planted = np.roll(columns["f7"].astype(np.float64), 120)
+        columns["target_h"] = 0.8 * planted + 0.6 * rng.standard_normal(6000)
+        columns["target_h2"] = 0.5 * planted + 0.8 * rng.standard_normal(6000)
+        pairs[pair] = columns
+    def sample(rows: range) -> sel.Sample:
+        xs, ys = [], []
+        for columns in pairs.values():
+            x, y = sel.gather(columns, np.array(rows), candidates, ["target_h", "target_h2"])
+            xs.append(x)
+            ys.append(y)
+        n = sum(len(x) for x in xs)
+        known = np.arange(n, dtype=np.int64)
+        return sel.Sample(np.concatenate(xs), np.concatenate(ys), tuple(c.name for c in candidates), ("target_h", "target_h2"), known, known, np.zeros(n))
+    fit, holdout = sample(range(200, 3000)), sample(range(5000, 6000))
+    for importance in ("permutation", "mdi"):
+        chosen = sel.select_features(fit, holdout, candidates, top_n=10, importance=importance, trees=30, seed=1)
+        assert "f7_lag120" in chosen.selected[:5], (importance, chosen.selected)
+    assert chosen.importances.iloc[0]["feature"] == "f7_lag120"
+
+
+def test_float32_only_where_the_bar_to_bar_changes_survive() -> None:
+    rng = np.random.default_rng(3)
+    level = 100 + np.cumsum(rng.standard_normal(5000) * 1e-3)  # a rate_index level: float64
+    momentum = rng.standard_normal(5000) * 1e-4  # a bqx value: float32 is plenty
+    hours = np.repeat(np.arange(24.0), 200)[:5000]  # exact in float32
+    assert ex.needs_float64(level)
+    assert not ex.needs_float64(momentum)
+    assert not ex.needs_float64(hours)
+    assert ex.needs_float64(np.full(10, np.nan))  # nothing measured: keep every bit
+
+
+def test_a_leaking_assignment_is_refused(three_pairs: list[sp.PairKeys]) -> None:
+    """The written parts are re-checked against the rule: a purged row put back into train, or
+    a last row without its complete target put into test, stops the builder."""
+    horizon = 60
+    plan, usable, assignments = _split(three_pairs, horizon)
+    keys, assignment = three_pairs[0], assignments[0]
+    end = sp.target_end_us(keys, horizon)
+    cuts = list(plan.boundaries)
+    sp.check_assignment(keys.pair, keys.known_at_us, end, assignment, cuts, last_open_part=True)  # the honest one passes
+    straddling = np.flatnonzero(usable[0] & (keys.known_at_us <= cuts[0]) & (end > cuts[0]))
+    last_rows = np.flatnonzero(end == sp.NO_END)
+    assert straddling.size == horizon and last_rows.size == horizon
+    for rows, code in ((straddling[:1], sp.TRAIN), (last_rows[-1:], sp.TEST)):
+        part = assignment.part.copy()
+        part[rows] = code
+        with pytest.raises(AssertionError, match="target window"):
+            sp.check_assignment(keys.pair, keys.known_at_us, end, sp.Assignment(part, assignment.counts), cuts, last_open_part=True)
