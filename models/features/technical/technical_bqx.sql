@@ -11,6 +11,7 @@ with source_rows as (
         ref('bqx'),
         ['pair', 'ts_utc', series],
         lookback_bars=var('smoother_lookback_bars'),
+        forward_bars='end',
     ) }}
 ),
 

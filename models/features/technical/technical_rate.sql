@@ -7,6 +7,7 @@ with source_rows as (
         ref('m1_index'),
         ['pair', 'ts_utc', 'high_idx', 'low_idx', 'close_idx'],
         lookback_bars=var('smoother_lookback_bars'),
+        forward_bars='end',
     ) }}
 ),
 
