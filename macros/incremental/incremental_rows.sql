@@ -112,6 +112,9 @@
 {%- set backfill = backfill_range() -%}
 {%- set input_model = input.identifier if input is not none else none -%}
 {%- set sql -%}
+-- one writer per model: a concurrent build of the same model waits here until this one commits,
+-- then computes its bounds from this one's recorded state (held until the model's commit)
+select pg_advisory_xact_lock(hashtext('bqx.model {{ this }}'));
 drop table if exists {{ increment_table() }};
 create temporary table {{ increment_table() }} as
 with known_pairs as (
@@ -217,7 +220,8 @@ select
     baselines.baseline_ts,
     baselines.baseline_rate,
     pg_current_snapshot() as consumed_snapshot,
-    clock_timestamp() as prepared_at
+    clock_timestamp() as prepared_at,
+    pg_current_xact_id() as prepared_xid
 from changed_ranges
 left join own_state on changed_ranges.pair = own_state.pair
 left join {{ ref('baseline_rates') }} as baselines on changed_ranges.pair = baselines.pair;
@@ -331,6 +335,7 @@ select
     end as read_to_ts,
     pg_current_snapshot() as consumed_snapshot,
     clock_timestamp() as prepared_at,
+    pg_current_xact_id() as prepared_xid,
     null::bigint as rows_written
 from known_pairs
 left join bar_ranges on known_pairs.pair = bar_ranges.pair

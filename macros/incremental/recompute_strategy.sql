@@ -56,6 +56,11 @@ begin
     select string_agg(bounds.pair, ', ' order by bounds.pair) into silent
     from {{ bounds }} as bounds
     where bounds.recompute and bounds.input_rows and coalesce(bounds.rows_written, 0) = 0;
+    -- the bounds, the per-model lock and this write must be one transaction (dbt runs a model's
+    -- compilation queries, its SQL and its hooks in one): say so if a dbt version ever changes it
+    if exists (select from {{ bounds }} as bounds where bounds.prepared_xid <> pg_current_xact_id()) then
+        raise exception '{{ this.identifier }}: dbt committed between the increment''s bounds and its write';
+    end if;
     if silent is not null then
         raise exception '{{ this.identifier }} wrote 0 rows for pairs whose input has bars to (re)compute: %', silent;
     end if;
