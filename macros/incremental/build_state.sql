@@ -145,3 +145,37 @@ begin
 end
 $ensure$
 {%- endmacro %}
+
+
+{#-
+    The writer lock (python/bqx/writer_lock.py): `bqx build` and `bqx load` hold the advisory
+    lock (classid, objid) = (writer_lock_keys()) exclusively for their whole run, on a
+    connection of their own. Each model of a plain `dbt run` takes it shared for its
+    transaction: it waits while a `bqx load` or a `bqx build` runs, and a load waits for the
+    model being written to commit. The models of `bqx build`'s own dbt skip it (the var
+    bqx_writer_pid names the build's lock connection, which holds it). Interleaving at model
+    boundaries is harmless: each model consumes exactly the changes its snapshot saw.
+-#}
+{% macro writer_lock_keys() -%}
+    {{ return([42817, 1]) }}
+{%- endmacro %}
+
+
+{% macro writer_lock_shared() -%}
+{%- set keys = writer_lock_keys() -%}
+select pg_advisory_xact_lock_shared({{ keys[0] }}, {{ keys[1] }})
+where not exists (
+    select from pg_catalog.pg_locks as held
+    where
+        held.locktype = 'advisory' and held.classid = {{ keys[0] }} and held.objid = {{ keys[1] }}
+        and held.objsubid = 2 and held.granted and held.mode = 'ExclusiveLock'
+        and held.pid = {{ var('bqx_writer_pid', -1) | int }}
+)
+{%- endmacro %}
+
+
+{#- A model's pre-hook: the writer lock shared, then its own lock (one writer per model). -#}
+{% macro model_locks() -%}
+{{ writer_lock_shared() }};
+select pg_advisory_xact_lock(hashtext('bqx.model {{ this }}'))
+{%- endmacro %}

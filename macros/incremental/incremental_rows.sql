@@ -112,9 +112,10 @@
 {%- set backfill = backfill_range() -%}
 {%- set input_model = input.identifier if input is not none else none -%}
 {%- set sql -%}
--- one writer per model: a concurrent build of the same model waits here until this one commits,
--- then computes its bounds from this one's recorded state (held until the model's commit)
-select pg_advisory_xact_lock(hashtext('bqx.model {{ this }}'));
+-- no `bqx load` meanwhile, and one writer per model: a concurrent build of the same model waits
+-- here until this one commits, then computes its bounds from this one's recorded state (both
+-- locks are held until the model's commit)
+{{ model_locks() }};
 drop table if exists {{ increment_table() }};
 create temporary table {{ increment_table() }} as
 with known_pairs as (
@@ -256,113 +257,33 @@ set
         where bars.pair = bounds.pair and bars.ts_utc between bounds.emit_from_ts and bounds.emit_to_ts
     );
 {%- else %}
-{#- A model of an input with bar_number: the changed range in the input's bars, the emitted
-    and read ranges around it, back in minutes by lookups on (pair, bar_number). -#}
-, changed_bars as (
-    select
-        changed_ranges.pair,
-        changed_ranges.changed_from,
-        changed_ranges.changed_to,
-        -- the first changed bar: the number of input bars before changed_from
-        coalesce(bar_before.bar_number + 1, 0) as first_changed_bar,
-        -- the last changed bar (the last input bar at or before changed_to)
-        bar_through.bar_number as last_changed_bar,
-        last_bar.bar_number as last_bar
-    from changed_ranges
-    left join lateral (
-        select input_rows.bar_number from {{ input }} as input_rows
-        where input_rows.pair = changed_ranges.pair and input_rows.ts_utc < changed_ranges.changed_from
-        order by input_rows.ts_utc desc limit 1
-    ) as bar_before on true
-    left join lateral (
-        select input_rows.bar_number from {{ input }} as input_rows
-        where input_rows.pair = changed_ranges.pair and input_rows.ts_utc <= changed_ranges.changed_to
-        order by input_rows.ts_utc desc limit 1
-    ) as bar_through on true
-    left join lateral (
-        select input_rows.bar_number from {{ input }} as input_rows
-        where input_rows.pair = changed_ranges.pair
-        order by input_rows.ts_utc desc limit 1
-    ) as last_bar on true
-    where changed_ranges.changed_from is not null
-),
-
-bar_ranges as (
-    select
-        changed_bars.pair,
-        changed_bars.changed_from,
-        changed_bars.changed_to,
-        changed_bars.last_bar,
-        changed_bars.first_changed_bar - {{ back_bars }} as emit_from_bar,
-        {%- if forward_bars is none %}
-        null::bigint as emit_to_bar,
-        {%- else %}
-        case
-            when changed_bars.changed_to = 'infinity' then null
-            else greatest(changed_bars.last_changed_bar, changed_bars.first_changed_bar - 1) + {{ forward_bars }}
-        end as emit_to_bar,
-        {%- endif %}
-        -- aligned down to the grid every block-restarted sum of the model uses
-        (
-            div(greatest(changed_bars.first_changed_bar - {{ back_bars }} - {{ lookback_bars }}, 0), {{ grid_bars }})
-            * {{ grid_bars }} - {{ reference_bars }}
-        ) as read_from_bar
-    from changed_bars
-)
-
+{#- A model of an input with bar_number: bqx_functions.increment_bounds turns the changed range
+    into the emitted and read ranges (macros/functions/increment_bounds.sql). -#}
 select
-    known_pairs.pair,
-    bar_ranges.pair is not null as recompute,
-    {%- if back_bars > 0 %}
-    case
-        when bar_ranges.emit_from_bar <= 0 then '-infinity'::timestamptz
-        else least(emit_start.ts_utc, bar_ranges.changed_from)
-    end as emit_from_ts,
-    {%- else %}
-    bar_ranges.changed_from as emit_from_ts,
-    {%- endif %}
-    case
-        when bar_ranges.emit_to_bar is null or emit_end.ts_utc is null then 'infinity'::timestamptz
-        else greatest(emit_end.ts_utc, bar_ranges.changed_to)
-    end as emit_to_ts,
-    case
-        when bar_ranges.read_from_bar <= 0 then '-infinity'::timestamptz
-        else read_start.ts_utc
-    end as read_from_ts,
-    case
-        when bar_ranges.emit_to_bar is null or read_end.ts_utc is null then 'infinity'::timestamptz
-        else greatest(read_end.ts_utc, bar_ranges.changed_to)
-    end as read_to_ts,
+    changed_ranges.pair,
+    bounds.emit_from_ts is not null as recompute,
+    bounds.emit_from_ts,
+    bounds.emit_to_ts,
+    bounds.read_from_ts,
+    bounds.read_to_ts,
+    bounds.input_rows,
     pg_current_snapshot() as consumed_snapshot,
     clock_timestamp() as prepared_at,
     pg_current_xact_id() as prepared_xid,
     null::bigint as rows_written
-from known_pairs
-left join bar_ranges on known_pairs.pair = bar_ranges.pair
-left join lateral (
-    select input_rows.ts_utc from {{ input }} as input_rows
-    where input_rows.pair = bar_ranges.pair and input_rows.bar_number = bar_ranges.emit_from_bar
-) as emit_start on true
-left join lateral (
-    select input_rows.ts_utc from {{ input }} as input_rows
-    where input_rows.pair = bar_ranges.pair and input_rows.bar_number = bar_ranges.emit_to_bar
-) as emit_end on true
-left join lateral (
-    select input_rows.ts_utc from {{ input }} as input_rows
-    where input_rows.pair = bar_ranges.pair and input_rows.bar_number = bar_ranges.read_from_bar
-) as read_start on true
-left join lateral (
-    select input_rows.ts_utc from {{ input }} as input_rows
-    where input_rows.pair = bar_ranges.pair and input_rows.bar_number = bar_ranges.emit_to_bar + {{ read_ahead_bars }}
-) as read_end on true;
-
-alter table {{ increment_table() }} add column input_rows boolean;
-
-update {{ increment_table() }} as bounds
-set input_rows = bounds.recompute and exists (
-    select 1 from {{ input }} as input_rows
-    where input_rows.pair = bounds.pair and input_rows.ts_utc between bounds.emit_from_ts and bounds.emit_to_ts
-);
+from changed_ranges
+left join lateral bqx_functions.increment_bounds(
+    '{{ input }}'::regclass,
+    changed_ranges.pair,
+    changed_ranges.changed_from,
+    changed_ranges.changed_to,
+    {{ lookback_bars }},
+    {{ grid_bars }},
+    {{ reference_bars }},
+    {{ 'null' if forward_bars is none else forward_bars }},
+    {{ back_bars }},
+    {{ read_ahead_bars }}
+) as bounds on changed_ranges.changed_from is not null;
 {%- endif %}
 
 analyze {{ increment_table() }}
@@ -390,6 +311,12 @@ analyze {{ increment_table() }}
 {%- do prepare_increment(upstream, lookback_bars=lookback_bars, grid_bars=grid_bars,
         reference_bars=reference_bars, forward_bars=forward, back_bars=back_bars,
         read_ahead_bars=read_ahead_bars) -%}
+{%- set increment = {
+    'input': upstream | string, 'lookback_bars': lookback_bars, 'grid_bars': grid_bars,
+    'reference_bars': reference_bars, 'forward_bars': forward, 'back_bars': back_bars,
+    'read_ahead_bars': read_ahead_bars,
+} -%}
+/* bqx increment {{ tojson(increment) }} (read by `bqx audit`) */
 select
     {%- for column in columns %}
     upstream_rows.{{ column }},

@@ -23,14 +23,20 @@ where not coalesce({{ expression }}, false)
     except on rows where `null_allowed_when` holds (a formula undefined there, e.g. a flat
     window: the model's YAML says which). Bars are counted per pair in ts_utc order. -#}
 {% test warmup_nulls(model, column_name, warmup, null_allowed_when='false') %}
+{#- the tested rows' alias: the model's name (a relation's, or the written-rows subquery's) -#}
+{%- set tested = (model | string).split(' ')[-1] if (model | string).startswith('(') else model.identifier -%}
 with numbered as (
+    -- the bar's absolute position (m1_index.bar_number, 0-based): the test is local to a row,
+    -- so it also holds on the rows an incremental build wrote (macros/tests/written_rows.sql)
     select
-        pair,
-        ts_utc,
-        {{ column_name }} is null as value_is_null,
+        {{ tested }}.pair,
+        {{ tested }}.ts_utc,
+        {{ tested }}.{{ column_name }} is null as value_is_null,
         coalesce({{ null_allowed_when }}, false) as null_allowed,
-        row_number() over (partition by pair order by ts_utc) as bar_number
+        warmup_index.bar_number + 1 as bar_number
     from {{ model }}
+    inner join {{ ref('m1_index') }} as warmup_index
+        on {{ tested }}.pair = warmup_index.pair and {{ tested }}.ts_utc = warmup_index.ts_utc
 )
 
 select

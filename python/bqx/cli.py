@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bqx import server
 from bqx.dbt import PROJECT_DIR, run_dbt
+from bqx.writer_lock import WriterBusy
 
 
 def _dsn() -> str:
@@ -56,16 +57,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from bqx.load import format_summary, load_paths
+    from bqx.writer_lock import writer_lock
 
     dsn = _ensure_server()
-    summary = load_paths(dsn, [Path(p) for p in args.paths], fmt=args.format, pair=args.pair)
+    # [operations] one writer at a time: the load holds the writer lock for its whole run
+    with writer_lock(dsn, "load", wait=not args.no_wait):
+        summary = load_paths(dsn, [Path(p) for p in args.paths], fmt=args.format, pair=args.pair)
     print(format_summary(summary))
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from bqx.build import BuildOptions, run_build
+
     dsn = _ensure_server()
-    return run_dbt(["build", "--select", "tag:wave1", *args.dbt_args], dsn).returncode
+    options = BuildOptions(
+        dbt_args=args.dbt_args,
+        recompute_from=args.recompute_from,
+        recompute_to=args.recompute_to,
+        full_tests=args.full_tests,
+        wait=not args.no_wait,
+    )
+    return run_build(dsn, options)
 
 
 def cmd_dbt(args: argparse.Namespace) -> int:
@@ -113,9 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("paths", nargs="+", help="files or folders")
     load.add_argument("--pair", default=None, help="pair of histdata files whose name does not say it")
     load.add_argument("--format", default=None, choices=["csv", "histdata", "parquet"])
+    load.add_argument("--no-wait", action="store_true", help="fail at once if a build or load is running")
     load.set_defaults(func=cmd_load)
 
     build = sub.add_parser("build", help="dbt build --select tag:wave1 [extra dbt arguments]")
+    build.add_argument("--from", dest="recompute_from", default=None, metavar="TIME",
+                       help="backfill: also recompute bars at or after TIME (UTC), e.g. 2024-08-01")
+    build.add_argument("--to", dest="recompute_to", default=None, metavar="TIME",
+                       help="backfill: ... and before TIME (default: to the end)")
+    build.add_argument("--full-tests", action="store_true",
+                       help="data tests read every row (default on incremental runs: the rows written)")
+    build.add_argument("--no-wait", action="store_true", help="fail at once if a build or load is running")
     build.add_argument("dbt_args", nargs=argparse.REMAINDER)
     build.set_defaults(func=cmd_build)
 
@@ -136,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (server.ServerError, ValueError, FileNotFoundError) as err:
+    except (server.ServerError, ValueError, FileNotFoundError, WriterBusy) as err:
         # bad input or an unusable server: the message says what to do, a traceback would not
         print(f"bqx: {err}", file=sys.stderr)
         return 2

@@ -1,64 +1,126 @@
-"""Incremental runs give the same values as a full refresh, and features never look ahead."""
+"""Changes drive the build: whatever reaches raw.m1_bars, in whatever order, the next build equals
+a full refresh bit for bit on every model; features never look ahead."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import pandas as pd
+import psycopg
 import pytest
 
 from bqx.load import load_frame
 from conftest import query_frame
-from model_compare import assert_same_values, feature_tables
+from model_compare import assert_same_tables, assert_same_values, feature_tables, table_rows
 
-# Two splits of the fixture's bars: the first build holds bars before SPLIT, the incremental
-# run adds the rest. TRUNCATE_AT: the no-look-ahead check builds only bars up to it.
-SPLIT = pd.Timestamp("2024-07-04 13:37", tz="UTC")
-TRUNCATE_AT = pd.Timestamp("2024-07-02 23:59", tz="UTC")
-
-
-def _table(dsn: str, table: str, where: str = "true") -> pd.DataFrame:
-    return query_frame(dsn, f"select * from {table} where {where} order by pair, ts_utc")
+TRUNCATE_AT = pd.Timestamp("2024-07-02 23:59", tz="UTC")  # the no-look-ahead check builds bars up to it
+BOGUS_BAR = pd.Timestamp("2024-06-29 12:00", tz="UTC")  # a Saturday: no bar of the fixture there
+GAP = (pd.Timestamp("2024-06-26", tz="UTC"), pd.Timestamp("2024-06-28", tz="UTC"))  # EURUSD: loaded late
+CORRECTED_BAR = pd.Timestamp("2024-07-03 14:07", tz="UTC")  # USDJPY: loaded wrong, corrected mid-month
 
 
-def test_incremental_run_equals_full_refresh(
+def _scaled(bars: pd.DataFrame, factor: float) -> pd.DataFrame:
+    wrong = bars.copy()
+    wrong[["open", "high", "low", "close"]] *= factor
+    return wrong
+
+
+def staged_loads(fixture_bars: pd.DataFrame) -> list[list[tuple[str, pd.DataFrame | str]]]:
+    """The fixture's bars arriving as they do in operation, stage by stage (a build after each):
+    uneven ends per pair, a pair arriving later, a gap of days filled late, a bar loaded wrong
+    and corrected mid-month, a baseline bar corrected, a bogus bar deleted by SQL. After the
+    last stage raw.m1_bars holds exactly the fixture's bars."""
+    bars = fixture_bars
+    pair, ts = bars["pair"], bars["ts_utc"]
+    baseline_bar = (pair == "EURJPY") & (ts == ts[(pair == "EURJPY") & (ts >= "2024-07-01")].min())
+    corrected = (pair == "USDJPY") & (ts == CORRECTED_BAR)
+    gap = (pair == "EURUSD") & (ts >= GAP[0]) & (ts < GAP[1])
+    ends = {"EURUSD": "2024-07-04 13:37", "USDJPY": "2024-07-05 02:11", "EURJPY": "2024-07-03 20:00"}
+    first = pd.Series(False, index=bars.index)
+    for name, end in ends.items():
+        first |= (pair == name) & (ts < pd.Timestamp(end, tz="UTC"))
+    first &= ~gap
+    bogus = bars[(pair == "EURUSD") & (ts < BOGUS_BAR)].tail(1).assign(ts_utc=BOGUS_BAR)
+    gbp = pair == "GBPUSD"
+    stage_1 = [
+        ("uneven first load", bars[first & ~baseline_bar & ~corrected]),
+        ("baseline bar, wrong", _scaled(bars[first & baseline_bar], 1.01)),
+        ("a bar, wrong", _scaled(bars[first & corrected], 0.99)),
+        ("a bogus weekend bar", bogus),
+    ]
+    rest = ~first & ~gap & ~gbp
+    stage_2 = [
+        ("the rest, a new pair's first half", bars[rest | (gbp & (ts < "2024-07-02"))]),
+        ("the wrong bar corrected", bars[corrected]),
+        ("delete", f"delete from raw.m1_bars where pair = 'EURUSD' and ts_utc = '{BOGUS_BAR.isoformat()}'"),
+    ]
+    stage_3 = [
+        ("the gap filled late", bars[gap]),
+        ("the baseline bar corrected", bars[baseline_bar]),
+        ("the new pair's second half", bars[gbp & (ts >= "2024-07-02")]),
+    ]
+    return [stage_1, stage_2, stage_3]
+
+
+def apply_stage(dsn: str, stage: list[tuple[str, pd.DataFrame | str]]) -> None:
+    for name, what in stage:
+        if isinstance(what, str):
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute(what).rowcount == 1, name
+        else:
+            summary = load_frame(dsn, what, name)
+            assert sum(f.rows_rejected for f in summary.files) == 0, name
+
+
+def test_staged_loads_then_builds_equal_a_full_refresh_bit_for_bit(
     database_factory: Callable[[str], str],
     dbt_runner: Callable[..., None],
     fixture_bars: pd.DataFrame,
     wave1_dsn: str,
 ) -> None:
-    dsn = database_factory("incremental")
-    load_frame(dsn, fixture_bars[fixture_bars["ts_utc"] < SPLIT], "first part")
+    dsn = database_factory("staged")
+    stages = staged_loads(fixture_bars)
+    for stage in stages:
+        apply_stage(dsn, stage)
+        dbt_runner(dsn, "run", "--select", "tag:wave1")
+    rows = query_frame(dsn, "select count(*) as n from raw.m1_bars")["n"].iloc[0]
+    assert rows == len(fixture_bars)
+    # every stage wrote something, and the late gap only rewrote EURUSD from the gap on
+    state = query_frame(
+        dsn, "select pair, rewrote_from_ts::text as rewrote_from from build_state.model_pairs where model = 'bqx'"
+    ).set_index("pair")["rewrote_from"]
+    assert pd.Timestamp(state["EURUSD"]) == GAP[0] and state["EURJPY"] == "-infinity"  # baseline: whole pair
+    assert_same_tables(dsn, wave1_dsn, "staged")
+
+
+def test_a_backfill_is_exact_at_both_edges_and_touches_nothing_else(
+    database_factory: Callable[[str], str],
+    dbt_runner: Callable[..., None],
+    fixture_bars: pd.DataFrame,
+    wave1_dsn: str,
+) -> None:
+    """`bqx build --from X --to Y` (vars recompute_from / recompute_to) rewrites exactly the rows
+    in [X, Y) of every model, equal to a full build; rows outside keep what they had."""
+    dsn = database_factory("backfill")
+    load_frame(dsn, fixture_bars, "all")
     dbt_runner(dsn, "run", "--select", "tag:wave1")
-    before = query_frame(dsn, "select count(*) as n from features.bqx")["n"].iloc[0]
-    load_frame(dsn, fixture_bars[fixture_bars["ts_utc"] >= SPLIT], "second part")
-    dbt_runner(dsn, "run", "--select", "tag:wave1")
-    tables = feature_tables(wave1_dsn, ("features", "marts"))
-    assert "features.bqx" in tables and before > 0
-    assert set(feature_tables(dsn, ("features", "marts"))) == set(tables)
+    start, stop = "2024-07-02 10:00:00+00", "2024-07-03 10:00:00+00"
+    tables = feature_tables(dsn, ("features", "marts"))
+    with psycopg.connect(dsn) as conn:
+        for table in tables:
+            column = query_frame(dsn, f"select * from {table} limit 0").columns[2]
+            # corrupt a wide range: inside the backfill and an hour each side of it
+            conn.execute(
+                f"update {table} set {column} = -12345 where ts_utc >= timestamptz '{start}' - interval '1 hour' "
+                f"and ts_utc < timestamptz '{stop}' + interval '1 hour'"
+            )
+    dbt_runner(dsn, "run", "--select", "tag:wave1", "--vars", f'{{"recompute_from": "{start}", "recompute_to": "{stop}"}}')
+    inside = f"ts_utc >= '{start}' and ts_utc < '{stop}'"
     for table in tables:
-        assert_same_values(_table(dsn, table), _table(wave1_dsn, table), f"incremental {table}")
-
-
-def test_recompute_from_rebuilds_a_corrected_month(
-    database_factory: Callable[[str], str],
-    dbt_runner: Callable[..., None],
-    fixture_bars: pd.DataFrame,
-    wave1_dsn: str,
-) -> None:
-    """A late correction: bars after a date change; `recompute_from` brings every feature back
-    in line with a full build of the corrected bars."""
-    dsn = database_factory("recompute")
-    corrected = fixture_bars.copy()
-    late = corrected["ts_utc"] >= SPLIT
-    wrong = corrected.copy()
-    wrong.loc[late, ["open", "high", "low", "close"]] *= 1.001
-    load_frame(dsn, wrong, "wrong prices")
-    dbt_runner(dsn, "run", "--select", "tag:wave1")
-    load_frame(dsn, corrected, "corrected prices")
-    dbt_runner(dsn, "run", "--select", "tag:wave1", "--vars", f'{{"recompute_from": "{SPLIT.isoformat()}"}}')
-    for table in feature_tables(wave1_dsn, ("features",)):
-        assert_same_values(_table(dsn, table), _table(wave1_dsn, table), f"recomputed {table}")
+        assert_same_values(table_rows(dsn, table, inside), table_rows(wave1_dsn, table, inside), table, rel_tol=0.0)
+        column = query_frame(dsn, f"select * from {table} limit 0").columns[2]
+        left = query_frame(dsn, f"select count(*) as n from {table} where {column} = -12345")["n"].iloc[0]
+        assert left == 2 * 60 * 4, f"{table}: the hour before and after the backfill were rewritten too"
 
 
 def test_features_do_not_look_ahead(
@@ -75,7 +137,7 @@ def test_features_do_not_look_ahead(
     tables = feature_tables(wave1_dsn, ("features",))
     assert len(tables) >= 1
     for table in tables:
-        assert_same_values(_table(dsn, table, until_t), _table(wave1_dsn, table, until_t), f"truncated {table}")
+        assert_same_values(table_rows(dsn, table, until_t), table_rows(wave1_dsn, table, until_t), f"truncated {table}", 0.0)
 
 
 @pytest.mark.parametrize("schema", ["staging", "features", "marts"])
