@@ -105,6 +105,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bqx.audit import format_report, run_audit
+    from bqx.writer_lock import writer_lock
+
+    dsn = _ensure_server()
+    # no load or build while auditing: the stored rows and their input must not move meanwhile
+    with writer_lock(dsn, "audit", wait=not args.no_wait):
+        report = run_audit(dsn, sample=args.sample, full=args.full, seed=args.seed, changed_limit=args.changed_limit)
+    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else format_report(report))
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bqx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     lint = sub.add_parser("lint", help="sqlfluff lint (dbt templater) against the configured server")
     lint.add_argument("paths", nargs="*", help="default: models analyses tests")
     lint.set_defaults(func=cmd_lint)
+
+    audit = sub.add_parser("audit", help="recompute a sample of stored rows and compare them")
+    audit.add_argument("--sample", type=int, default=3, help="random minutes per pair and model (default 3)")
+    audit.add_argument("--full", action="store_true", help="recompute and compare every row")
+    audit.add_argument("--seed", type=int, default=None, help="the sample's seed (default: a new one, printed)")
+    audit.add_argument("--changed-limit", type=int, default=1440,
+                       help="bars checked at each end of a pair's changed range (default 1440)")
+    audit.add_argument("--json", action="store_true", help="the report as JSON")
+    audit.add_argument("--no-wait", action="store_true", help="fail at once if a build or load is running")
+    audit.set_defaults(func=cmd_audit)
 
     status = sub.add_parser("status", help="rows per pair × month for the source and every model")
     status.set_defaults(func=cmd_status)
