@@ -85,11 +85,15 @@ def test_staged_loads_then_builds_equal_a_full_refresh_bit_for_bit(
         dbt_runner(dsn, "run", "--select", "tag:wave1")
     rows = query_frame(dsn, "select count(*) as n from raw.m1_bars")["n"].iloc[0]
     assert rows == len(fixture_bars)
-    # every stage wrote something, and the late gap only rewrote EURUSD from the gap on
+    # what the last build of each pair rewrote: from the bar changed (a correction: USDJPY; a new
+    # pair's second half: GBPUSD), or the whole pair when the change was at or before its
+    # baseline bar (the late gap of EURUSD, the corrected baseline bar of EURJPY)
     state = query_frame(
         dsn, "select pair, rewrote_from_ts::text as rewrote_from from build_state.model_pairs where model = 'bqx'"
     ).set_index("pair")["rewrote_from"]
-    assert pd.Timestamp(state["EURUSD"]) == GAP[0] and state["EURJPY"] == "-infinity"  # baseline: whole pair
+    assert state["EURUSD"] == state["EURJPY"] == "-infinity"
+    assert pd.Timestamp(state["USDJPY"]) == CORRECTED_BAR
+    assert pd.Timestamp(state["GBPUSD"]) == pd.Timestamp("2024-07-02", tz="UTC")
     assert_same_tables(dsn, wave1_dsn, "staged")
 
 
