@@ -99,9 +99,10 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bqx.status import coverage, format_coverage
+    from bqx.status import format_status, status
 
-    print(format_coverage(coverage(_ensure_server())))
+    data = status(_ensure_server())
+    print(json.dumps(data, indent=2, default=str) if args.json else format_status(data))
     return 0
 
 
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-wait", action="store_true", help="fail at once if a build or load is running")
     audit.set_defaults(func=cmd_audit)
 
-    status = sub.add_parser("status", help="rows per pair × month for the source and every model")
+    status = sub.add_parser("status", help="every model against the source, the build in progress, the last build and audit")
+    status.add_argument("--json", action="store_true", help="the same as JSON, for machines")
     status.set_defaults(func=cmd_status)
     return parser
 
