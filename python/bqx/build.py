@@ -10,6 +10,7 @@ into the user's own --vars.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import psycopg
 import yaml
 
 from bqx import raw_schema
+from bqx.audit import compiled_models, format_report, run_audit
 from bqx.dbt import PROJECT_DIR, run_dbt
 from bqx.writer_lock import writer_lock
 
@@ -30,6 +32,7 @@ class BuildOptions:
     recompute_to: str | None = None
     full_tests: bool = False
     wait: bool = True
+    audit_sample: int = 1  # random minutes per pair and model of the audit after the build (0: none)
 
 
 def merge_vars(dbt_args: list[str], extra: dict[str, Any]) -> list[str]:
@@ -117,10 +120,28 @@ def run_build(dsn: str, options: BuildOptions, *, target_path: Path | None = Non
         }
         args = merge_vars(["build", "--select", "tag:wave1", *options.dbt_args], extra)
         done = run_dbt(args, dsn, target_path=target_path)
-        invocation = _invocation_id(target_path or PROJECT_DIR / "target")
+        target = target_path or Path(os.environ.get("DBT_TARGET_PATH", PROJECT_DIR / "target"))
+        invocation = _invocation_id(target)
         if invocation:
             try:
                 print(format_build_summary(build_summary(dsn, invocation)), file=sys.stderr)
             except psycopg.Error:
                 pass  # no build_state yet: dbt failed before on-run-start
-        return done.returncode
+        if done.returncode != 0 or options.audit_sample <= 0:
+            return done.returncode
+        return _small_audit(dsn, target, options.audit_sample)
+
+
+def _small_audit(dsn: str, target: Path, sample: int) -> int:
+    """The audit every incremental build ends with: the minutes it changed (their first and last
+    hour of bars per pair) and `sample` random minutes per pair and model, through the SQL the
+    build just compiled. A full build (compiled in full form) is not re-audited."""
+    models = compiled_models(target)
+    if not models:
+        return 0
+    report = run_audit(dsn, sample=sample, changed_limit=60, models=models)
+    print(format_report(report).splitlines()[0], file=sys.stderr)
+    if not report.passed:
+        print(format_report(report), file=sys.stderr)
+        return 1
+    return 0

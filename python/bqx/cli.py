@@ -77,6 +77,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         recompute_to=args.recompute_to,
         full_tests=args.full_tests,
         wait=not args.no_wait,
+        audit_sample=args.audit_sample,
     )
     return run_build(dsn, options)
 
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--full-tests", action="store_true",
                        help="data tests read every row (default on incremental runs: the rows written)")
     build.add_argument("--no-wait", action="store_true", help="fail at once if a build or load is running")
+    build.add_argument("--audit-sample", type=int, default=1, metavar="N",
+                       help="the audit after an incremental build: N random minutes per pair and model (0: no audit)")
     build.add_argument("dbt_args", nargs=argparse.REMAINDER)
     build.set_defaults(func=cmd_build)
 
