@@ -89,8 +89,12 @@ create table if not exists build_state.audits (
 {#- on-run-start: the run's row in build_state.runs (committed before the first model). -#}
 {% macro record_run_start() -%}
 {%- set models = [] -%}
+{#- the selected models that log their builds (incremental: prepare_increment/record_increment) -#}
 {%- for resource in (selected_resources if selected_resources is defined else []) -%}
-    {%- if resource.startswith('model.') -%}{%- do models.append(resource) -%}{%- endif -%}
+    {%- set node = graph.nodes.get(resource) if resource.startswith('model.') else none -%}
+    {%- if node is not none and node.config.materialized == 'incremental' -%}
+        {%- do models.append(resource) -%}
+    {%- endif -%}
 {%- endfor -%}
 insert into build_state.runs (invocation_id, command, full_refresh, models_selected)
 values (

@@ -111,7 +111,7 @@ select
     '{{ this.identifier }}',
     min(bounds.prepared_at),
     {{ 'false' if is_incremental() else 'true' }},
-    count(*) filter (where bounds.recompute),
+    count(*) filter (where bounds.recompute and (bounds.input_rows or bounds.rows_written > 0)),
     coalesce(sum(bounds.rows_written), 0)
 from {{ bounds }} as bounds
 on conflict (invocation_id, model) do update

@@ -132,6 +132,13 @@ def _builds(conn: psycopg.Connection, now: dt.datetime) -> tuple[dict[str, Any] 
                 "running": [m | {"seconds": round((now - m["since"]).total_seconds(), 1)} for m in running_models if m["since"]],
                 "eta_seconds": None,
             }
+            first = conn.execute(
+                "select min(started_at) from build_state.model_runs where invocation_id = %s", (invocation,)
+            ).fetchone()[0]
+            if alive and done and first is not None and selected:
+                # the models still to build, at this run's own pace so far
+                per_model = (now - first).total_seconds() / len(done)
+                current["eta_seconds"] = round(max(selected - len(done), 0) * per_model, 1)
             if not alive:
                 current["status"] = "interrupted (no dbt connection and no writer lock: killed?)"
             continue
@@ -153,21 +160,6 @@ def _builds(conn: psycopg.Connection, now: dt.datetime) -> tuple[dict[str, Any] 
                     (invocation,),
                 ).fetchall(),
             }
-            if current is not None and current["alive"]:
-                # ETA: the models not done yet took this long in the last build of the same kind
-                same_kind = next(
-                    (r[0] for r in runs if r[5] is not None and r[6] == "success" and r[2] == current["full_refresh"]),
-                    invocation,
-                )
-                previous = _durations(conn, same_kind)
-                done = _durations(conn, current["invocation_id"])
-                running = {m["model"]: m["seconds"] for m in current["running"]}
-                remaining = sum(
-                    max(seconds - running.get(model, 0.0), 0.0)
-                    for model, seconds in previous.items()
-                    if model not in done
-                )
-                current["eta_seconds"] = round(remaining / 2, 1)  # dbt builds two models at once
             break
     return current, last
 
@@ -238,7 +230,9 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append("")
         if build["alive"]:
             eta = f", ETA ~{build['eta_seconds']:.0f} s" if build["eta_seconds"] is not None else ""
-            running = ", ".join(f"{m['model']} ({m['seconds']:.0f} s)" for m in build["running"]) or "tests"
+            running = ", ".join(f"{m['model']} ({m['seconds']:.0f} s)" for m in build["running"]) or (
+                "data tests (models done)" if build["models_done"] >= (build["models_selected"] or 0) else "between models"
+            )
             lines.append(
                 f"build in progress since {_minute(build['started_at'])}: {build['models_done']}/{build['models_selected']} models, "
                 f"{build['pair_models_done']} pair×models, {build['rows_written']:,} rows ({build['rows_per_second'] or 0:,.0f} rows/s){eta}; "
