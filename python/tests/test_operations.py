@@ -65,6 +65,16 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 300) ->
         time.sleep(0.3)
 
 
+def _waiting_on_lock(dsn: str, application: str) -> bool:
+    frame = query_frame(
+        dsn,
+        "select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and wait_event = 'advisory' "
+        "and application_name like %s",
+        (application + "%",),
+    )
+    return int(frame["n"].iloc[0]) > 0
+
+
 def _models_done(dsn: str) -> int:
     frame = query_frame(
         dsn,
@@ -112,8 +122,8 @@ def test_a_second_writer_waits_naming_the_first_or_fails_at_once(ops_dsn: str, t
         refused = _bqx("load", str(bars), "--no-wait", dsn=ops_dsn, target=tmp_path)
         assert refused.wait(120) == 2 and "bqx test-holder" in refused.stdout.read()
         waiting = _bqx("load", str(bars), dsn=ops_dsn, target=tmp_path)
-        time.sleep(3)
-        assert waiting.poll() is None, "the load did not wait for the writer lock"
+        _wait_for(lambda: _waiting_on_lock(ops_dsn, "bqx load"), "the load to wait for the writer lock", 120)
+        assert waiting.poll() is None
     assert waiting.wait(120) == 0
     assert "waiting for the database's writer lock, held by bqx test-holder" in waiting.stdout.read()
     with psycopg.connect(ops_dsn) as conn:  # leave the module's database as it was
@@ -136,8 +146,9 @@ def test_builds_and_a_load_during_a_build_queue_and_end_equal_to_a_full_refresh(
     assert during["build"] is not None and during["build"]["alive"], during["build"]
     assert "build in progress since" in format_status(during)
     load = _bqx("load", str(last_day), dsn=ops_dsn, target=tmp_path / "load")
-    time.sleep(1)
+    _wait_for(lambda: _waiting_on_lock(ops_dsn, "bqx load"), "the load to wait for build A")
     build_b = _bqx("build", dsn=ops_dsn, target=tmp_path / "b")
+    _wait_for(lambda: _waiting_on_lock(ops_dsn, "bqx build"), "build B to wait")
     outputs = {}
     for name, process in (("a", build_a), ("load", load), ("b", build_b)):
         assert process.wait(900) == 0, process.stdout.read()[-4000:]
