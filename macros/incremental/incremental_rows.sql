@@ -336,6 +336,18 @@ from {{ upstream }} as upstream_rows
 {%- endmacro %}
 
 
+{#- m1_index's join to its bounds on an incremental run: the bars of the ranges to rewrite. -#}
+{% macro increment_rows_join(alias) -%}
+    {%- if is_incremental() -%}
+inner join {{ increment_table() }} as increment_bounds
+        on
+            {{ alias }}.pair = increment_bounds.pair
+            and {{ alias }}.ts_utc between increment_bounds.emit_from_ts and increment_bounds.emit_to_ts
+            and increment_bounds.recompute
+    {%- endif -%}
+{%- endmacro %}
+
+
 {% macro quoted_pairs() -%}
     {%- for pair in var('pairs') -%}
         '{{ pair }}'{{ ", " if not loop.last }}

@@ -15,6 +15,7 @@
     an insert or a delete rewrites the pair to its end (every later bar_number moves), a change
     at or before the pair's baseline bar rewrites the whole pair (every index moves). -#}
 {%- do prepare_increment(none) %}
+{%- set first_bar = 'increment_bounds.first_bar_number' if is_incremental() else '0' %}
 
 -- float8 throughout: the index is a ratio of two float8 prices times 100, so it carries the
 -- prices' own ~1e-16 relative precision; nothing here accumulates.
@@ -29,22 +30,9 @@ with changed_bars as (
         bars.volume,
         bars.spread,
         -- integer (2^31 minutes are 4000 years): lag() takes an integer offset
-        (
-            {%- if is_incremental() %}
-            increment_bounds.first_bar_number
-            {%- else %}
-            0
-            {%- endif %}
-            + row_number() over bars_in_order - 1
-        )::integer as bar_number
+        ({{ first_bar }} + row_number() over bars_in_order - 1)::integer as bar_number
     from {{ ref('stg_m1_bars') }} as bars
-    {%- if is_incremental() %}
-    inner join {{ increment_table() }} as increment_bounds
-        on
-            bars.pair = increment_bounds.pair
-            and bars.ts_utc between increment_bounds.emit_from_ts and increment_bounds.emit_to_ts
-    where increment_bounds.recompute
-    {%- endif %}
+    {{ increment_rows_join('bars') }}
     window bars_in_order as (partition by bars.pair order by bars.ts_utc)
 )
 

@@ -110,21 +110,29 @@ def test_a_backfill_is_exact_at_both_edges_and_touches_nothing_else(
     dbt_runner(dsn, "run", "--select", "tag:wave1")
     start, stop = "2024-07-02 10:00:00+00", "2024-07-03 10:00:00+00"
     tables = feature_tables(dsn, ("features", "marts"))
+    outside = (
+        f"(ts_utc >= timestamptz '{start}' - interval '1 hour' and ts_utc < '{start}') "
+        f"or (ts_utc >= '{stop}' and ts_utc < timestamptz '{stop}' + interval '1 hour')"
+    )
+    corrupted = {}
     with psycopg.connect(dsn) as conn:
         for table in tables:
-            column = query_frame(dsn, f"select * from {table} limit 0").columns[2]
+            column = query_frame(dsn, f"select * from {table} limit 0").columns[-1]
+            corrupted[table] = column
             # corrupt a wide range: inside the backfill and an hour each side of it
             conn.execute(
                 f"update {table} set {column} = -12345 where ts_utc >= timestamptz '{start}' - interval '1 hour' "
                 f"and ts_utc < timestamptz '{stop}' + interval '1 hour'"
             )
+    expected_left = {
+        table: query_frame(dsn, f"select count(*) as n from {table} where {outside}")["n"].iloc[0] for table in tables
+    }
     dbt_runner(dsn, "run", "--select", "tag:wave1", "--vars", f'{{"recompute_from": "{start}", "recompute_to": "{stop}"}}')
     inside = f"ts_utc >= '{start}' and ts_utc < '{stop}'"
-    for table in tables:
+    for table, column in corrupted.items():
         assert_same_values(table_rows(dsn, table, inside), table_rows(wave1_dsn, table, inside), table, rel_tol=0.0)
-        column = query_frame(dsn, f"select * from {table} limit 0").columns[2]
         left = query_frame(dsn, f"select count(*) as n from {table} where {column} = -12345")["n"].iloc[0]
-        assert left == 2 * 60 * 4, f"{table}: the hour before and after the backfill were rewritten too"
+        assert left == expected_left[table] > 0, f"{table}: rows outside the backfill were rewritten too"
 
 
 def test_features_do_not_look_ahead(
