@@ -103,36 +103,33 @@ def test_a_backfill_is_exact_at_both_edges_and_touches_nothing_else(
     fixture_bars: pd.DataFrame,
     wave1_dsn: str,
 ) -> None:
-    """`bqx build --from X --to Y` (vars recompute_from / recompute_to) rewrites exactly the rows
-    in [X, Y) of every model, equal to a full build; rows outside keep what they had."""
+    """`bqx build --from X --to Y` (vars recompute_from / recompute_to) rewrites the rows in
+    [X, Y) of every model equal to a full build (and the rows after Y whose windows reach into
+    it), and leaves the rows before X alone (targets, which look forward: before X - max(H))."""
     dsn = database_factory("backfill")
     load_frame(dsn, fixture_bars, "all")
     dbt_runner(dsn, "run", "--select", "tag:wave1")
     start, stop = "2024-07-02 10:00:00+00", "2024-07-03 10:00:00+00"
+    before = f"ts_utc >= timestamptz '{start}' - interval '3 hours' and ts_utc < timestamptz '{start}' - interval '2 hours'"
     tables = feature_tables(dsn, ("features", "marts"))
-    outside = (
-        f"(ts_utc >= timestamptz '{start}' - interval '1 hour' and ts_utc < '{start}') "
-        f"or (ts_utc >= '{stop}' and ts_utc < timestamptz '{stop}' + interval '1 hour')"
-    )
     corrupted = {}
     with psycopg.connect(dsn) as conn:
         for table in tables:
             column = query_frame(dsn, f"select * from {table} limit 0").columns[-1]
             corrupted[table] = column
-            # corrupt a wide range: inside the backfill and an hour each side of it
+            # inside the backfill, and two hours before it (untouched even by targets' lookback)
             conn.execute(
-                f"update {table} set {column} = -12345 where ts_utc >= timestamptz '{start}' - interval '1 hour' "
-                f"and ts_utc < timestamptz '{stop}' + interval '1 hour'"
+                f"update {table} set {column} = -12345 where ({before}) or (ts_utc >= '{start}' and ts_utc < '{stop}')"
             )
     expected_left = {
-        table: query_frame(dsn, f"select count(*) as n from {table} where {outside}")["n"].iloc[0] for table in tables
+        table: query_frame(dsn, f"select count(*) as n from {table} where {before}")["n"].iloc[0] for table in tables
     }
     dbt_runner(dsn, "run", "--select", "tag:wave1", "--vars", f'{{"recompute_from": "{start}", "recompute_to": "{stop}"}}')
     inside = f"ts_utc >= '{start}' and ts_utc < '{stop}'"
     for table, column in corrupted.items():
         assert_same_values(table_rows(dsn, table, inside), table_rows(wave1_dsn, table, inside), table, rel_tol=0.0)
         left = query_frame(dsn, f"select count(*) as n from {table} where {column} = -12345")["n"].iloc[0]
-        assert left == expected_left[table] > 0, f"{table}: rows outside the backfill were rewritten too"
+        assert left == expected_left[table] > 0, f"{table}: rows before the backfill were rewritten"
 
 
 def test_features_do_not_look_ahead(
