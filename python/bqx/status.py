@@ -144,10 +144,14 @@ def _builds(conn: psycopg.Connection, now: dt.datetime) -> tuple[dict[str, Any] 
             continue
         if finished is not None and last is None:
             nodes = results or []
+            built_in_full = conn.execute(
+                "select bool_and(full_refresh) from build_state.model_runs where invocation_id = %s", (invocation,)
+            ).fetchone()[0]
             last = {
                 "invocation_id": invocation,
                 "command": command,
-                "full_refresh": full,
+                # a first build is a full one too, though dbt was not asked for --full-refresh
+                "full_refresh": bool(full or built_in_full),
                 "started_at": started,
                 "finished_at": finished,
                 "seconds": round((finished - started).total_seconds(), 1),
