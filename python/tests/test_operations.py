@@ -126,6 +126,19 @@ def test_a_second_writer_waits_naming_the_first_or_fails_at_once(ops_dsn: str, t
         assert waiting.poll() is None
     assert waiting.wait(120) == 0
     assert "waiting for the database's writer lock, held by bqx test-holder" in waiting.stdout.read()
+    # a plain `dbt run` (no bqx): each model waits for the writer lock while a writer holds it
+    with writer_lock(ops_dsn, "load-alike"):
+        target = tmp_path / "plain_dbt"
+        target.mkdir()
+        if PARSE_CACHE and (PARSE_CACHE[0] / "partial_parse.msgpack").exists():
+            shutil.copyfile(PARSE_CACHE[0] / "partial_parse.msgpack", target / "partial_parse.msgpack")
+        plain = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dbt")), "run", "--select", "bqx", "--target-path", str(target)],
+            cwd=PROJECT_DIR, env=dbt_env(ops_dsn), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        _wait_for(lambda: _waiting_on_lock(ops_dsn, "dbt"), "the plain dbt run to wait for the writer lock", 300)
+        assert plain.poll() is None
+    assert plain.wait(300) == 0, plain.stdout.read()[-3000:]
     with psycopg.connect(ops_dsn) as conn:  # leave the module's database as it was
         conn.execute("delete from raw.m1_bars where ts_utc >= '2024-07-10'")
 
