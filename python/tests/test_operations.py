@@ -288,3 +288,16 @@ def test_a_model_writing_no_row_for_a_pair_with_new_bars_fails_the_build(
     assert done.returncode != 0
     assert "bqx wrote 0 rows for pairs whose input has bars to (re)compute: EURJPY" in done.stdout
     load_frame(ops_dsn, fixture_bars[(fixture_bars["pair"] == "EURJPY") & (fixture_bars["ts_utc"] == "2024-07-04 10:00")], "undo")
+
+
+def test_a_changed_baseline_date_stops_an_incremental_build(ops_dsn: str, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    if PARSE_CACHE and (PARSE_CACHE[0] / "partial_parse.msgpack").exists():
+        shutil.copyfile(PARSE_CACHE[0] / "partial_parse.msgpack", target / "partial_parse.msgpack")
+    done = run_dbt(
+        ["run", "--select", "m1_index", "--vars", '{"baseline_date": "2024-07-02"}'], ops_dsn, target_path=target, capture=True
+    )
+    assert done.returncode != 0
+    assert 'm1_index was built with other values of baseline_date: "2024-07-01" -> "2024-07-02"' in done.stdout
+    assert "bqx build --full-refresh" in done.stdout
