@@ -72,7 +72,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     dsn = _ensure_server()
     options = BuildOptions(
-        dbt_args=args.dbt_args,
+        # `bqx build -- --exclude ...`: what follows `--` goes to dbt as is
+        dbt_args=args.dbt_args[1:] if args.dbt_args[:1] == ["--"] else args.dbt_args,
         recompute_from=args.recompute_from,
         recompute_to=args.recompute_to,
         full_tests=args.full_tests,

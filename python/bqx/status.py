@@ -235,7 +235,7 @@ def format_status(data: dict[str, Any]) -> str:
         if build["alive"]:
             eta = f", ETA ~{build['eta_seconds']:.0f} s" if build["eta_seconds"] is not None else ""
             running = ", ".join(f"{m['model']} ({m['seconds']:.0f} s)" for m in build["running"]) or (
-                "data tests (models done)" if build["models_done"] >= (build["models_selected"] or 0) else "between models"
+                "data tests (models done)" if build["models_done"] >= (build["models_selected"] or 0) else "data tests"
             )
             lines.append(
                 f"build in progress since {_minute(build['started_at'])}: {build['models_done']}/{build['models_selected']} models, "

@@ -115,7 +115,13 @@ def test_a_backfill_is_exact_at_both_edges_and_touches_nothing_else(
     corrupted = {}
     with psycopg.connect(dsn) as conn:
         for table in tables:
-            column = query_frame(dsn, f"select * from {table} limit 0").columns[-1]
+            schema, name = table.split(".")
+            column = query_frame(
+                dsn,
+                "select column_name from information_schema.columns where table_schema = %s and table_name = %s "
+                "and data_type = 'double precision' order by ordinal_position desc limit 1",
+                (schema, name),
+            )["column_name"].iloc[0]
             corrupted[table] = column
             # inside the backfill, and two hours before it (untouched even by targets' lookback)
             conn.execute(
