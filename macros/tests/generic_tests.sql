@@ -24,19 +24,27 @@ where not coalesce({{ expression }}, false)
     window: the model's YAML says which). Bars are counted per pair in ts_utc order. -#}
 {% test warmup_nulls(model, column_name, warmup, null_allowed_when='false') %}
 {#- the tested rows' alias: the model's name (a relation's, or the written-rows subquery's) -#}
-{%- set tested = (model | string).split(' ')[-1] if (model | string).startswith('(') else model.identifier -%}
+{%- set restricted = (model | string).startswith('(') -%}
+{%- set tested = (model | string).split(' ')[-1] if restricted else model.identifier -%}
+{%- set bar_numbers = ref('m1_index') -%}  {#- outside the branch: dbt infers the dependency at parse -#}
 with numbered as (
-    -- the bar's absolute position (m1_index.bar_number, 0-based): the test is local to a row,
-    -- so it also holds on the rows an incremental build wrote (macros/tests/written_rows.sql)
+    -- the bar's position in its pair, 1-based. On the rows an incremental build wrote
+    -- (macros/tests/written_rows.sql) from m1_index.bar_number, which makes the test local to a
+    -- row; on a whole table the row number (no join)
     select
         {{ tested }}.pair,
         {{ tested }}.ts_utc,
         {{ tested }}.{{ column_name }} is null as value_is_null,
         coalesce({{ null_allowed_when }}, false) as null_allowed,
+        {%- if restricted %}
         warmup_index.bar_number + 1 as bar_number
     from {{ model }}
-    inner join {{ ref('m1_index') }} as warmup_index
+    inner join {{ bar_numbers }} as warmup_index
         on {{ tested }}.pair = warmup_index.pair and {{ tested }}.ts_utc = warmup_index.ts_utc
+        {%- else %}
+        row_number() over (partition by {{ tested }}.pair order by {{ tested }}.ts_utc) as bar_number
+    from {{ model }}
+        {%- endif %}
 )
 
 select
