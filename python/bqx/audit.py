@@ -21,9 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,7 +295,7 @@ def run_audit(
     changed_limit: int = 1440,
     models: list[CompiledModel] | None = None,
     target: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> AuditReport:
     """Recompute and compare; records the report in build_state.audits and returns it."""
     started = time.perf_counter()
@@ -313,7 +313,11 @@ def run_audit(
         ).fetchone()
         changed = {} if full else _changed_ranges(conn, last[0] if last else None, changed_limit)
         conn.commit()
-        for model in models:
+        from tqdm import tqdm
+
+        bar = tqdm(models, desc="bqx audit", unit="model", file=sys.stderr, disable=not progress)
+        for model in bar:
+            bar.set_postfix_str(model.name)
             t0 = time.perf_counter()
             audit = ModelAudit(model.name)
             pending = set(_pending_pairs(conn, model.name))
@@ -350,8 +354,6 @@ def run_audit(
                         })
             audit.seconds = round(time.perf_counter() - t0, 2)
             audits.append(audit)
-            if progress:
-                progress(f"{model.name}: {audit.rows:,} rows, {audit.mismatched_rows} mismatching")
         report = AuditReport(seed, sample, full, audits, sum(len(r) for r in changed.values()), time.perf_counter() - started)
         conn.execute(
             "insert into build_state.audits (started_at, audit_snapshot, sample_per_pair, seed, full_audit, "

@@ -115,7 +115,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     dsn = _ensure_server()
     # no load or build while auditing: the stored rows and their input must not move meanwhile
     with writer_lock(dsn, "audit", wait=not args.no_wait):
-        report = run_audit(dsn, sample=args.sample, full=args.full, seed=args.seed, changed_limit=args.changed_limit)
+        report = run_audit(
+            dsn, sample=args.sample, full=args.full, seed=args.seed, changed_limit=args.changed_limit,
+            progress=sys.stderr.isatty(),
+        )
     print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else format_report(report))
     return 0 if report.passed else 1
 

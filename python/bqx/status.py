@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from bqx.pairs import PAIRS
-from bqx.writer_lock import LOCK_KEYS, holders
+from bqx.writer_lock import holders
 
 _NODE = re.compile(r'"node_id": "model\.[^.]+\.([^"]+)"')
 
