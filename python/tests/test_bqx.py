@@ -71,7 +71,8 @@ def test_bqx_columns_follow_vars(wave1_dsn: str) -> None:
         "select column_name from information_schema.columns "
         "where table_schema = 'features' and table_name = 'bqx' order by ordinal_position",
     )["column_name"].tolist()
-    assert names == ["pair", "ts_utc", *[f"bqx_w{w}" for w in WINDOWS]]
+    # bar_number: m1_index's, carried for the bqx-domain models that read this table
+    assert names == ["pair", "ts_utc", "bar_number", *[f"bqx_w{w}" for w in WINDOWS]]
 
 
 def longest_flat_run(values: np.ndarray) -> tuple[int, int]:
