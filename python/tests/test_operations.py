@@ -149,9 +149,12 @@ def test_builds_and_a_load_during_a_build_queue_and_end_equal_to_a_full_refresh(
     """Build A runs (a correction to compute); a load of the last day and the corrected bar is
     started during A, then build B: the load waits for A, B for the load; B brings every model
     to a full refresh of the final bars. `bqx status` shows A in progress."""
-    load_frame(ops_dsn, _wrong(fixture_bars, pd.Timestamp("2024-07-05 16:00", tz="UTC"), "USDJPY"), "another wrong bar")
+    another = pd.Timestamp("2024-07-05 16:00", tz="UTC")
+    load_frame(ops_dsn, _wrong(fixture_bars, another, "USDJPY"), "another wrong bar")
     last_day = tmp_path / "last_day.parquet"
-    final = fixture_bars[(fixture_bars["ts_utc"] >= LAST_DAY) | (fixture_bars["ts_utc"] == CORRECTED)]
+    # the last day and both wrong bars corrected: the fixture's bars exactly
+    ts = fixture_bars["ts_utc"]
+    final = fixture_bars[(ts >= LAST_DAY) | (ts == CORRECTED) | ((ts == another) & (fixture_bars["pair"] == "USDJPY"))]
     final.to_parquet(last_day)
     no_tests = ("--", "--exclude", "resource_type:test")  # the queueing is the point here, not the tests
     build_a = _bqx("build", *no_tests, dsn=ops_dsn, target=tmp_path / "a")
