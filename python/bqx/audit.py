@@ -96,9 +96,11 @@ def compiled_models(target: Path) -> list[CompiledModel]:
     folder = target / "compiled" / "bqx_feature_store" / "models"
     found: list[CompiledModel] = []
     for path in sorted(folder.rglob("*.sql")):
+        if any(part.endswith(".yml") for part in path.relative_to(folder).parts):
+            continue  # a data test's SQL
         text = path.read_text()
-        if "bqx_increment_" not in text:
-            continue  # views, tables: nothing stored incrementally to audit
+        if " as increment_bounds" not in text:
+            continue  # a view, a table, or a model compiled in full form: nothing to read by bounds
         match = _INCREMENT.search(text)
         name = path.stem
         schema = {"staging": "staging", "marts": "marts"}.get(path.relative_to(folder).parts[0], "features")
