@@ -221,10 +221,18 @@ def test_the_server_killed_during_a_build_then_a_build_equals_a_full_refresh(
         load_frame(dsn, fixture_bars[fixture_bars["ts_utc"] >= "2024-07-05"], "second part")
         build = _bqx("build", dsn=dsn, target=tmp_path / "killed")
         _wait_for(lambda: _build_running(dsn) and _models_done(dsn) >= 3, "the build's third model")
+        # the server dies at once, postmaster and every backend (a crash, the OOM killer)
         postmaster = int((cluster.pgdata / "postmaster.pid").read_text().split()[0])
-        os.kill(postmaster, signal.SIGKILL)
-        build.wait(300)
-        os.killpg(build.pid, signal.SIGKILL) if build.poll() is None else None
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        for pid in [postmaster, *map(int, children)]:
+            os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in [postmaster, *map(int, children)]),
+                  "the server's processes to be gone", 60)
+        try:
+            build.wait(300)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
         server.start(cluster, link=home / ".bqx" / "pgdata", database="killed_server")
         run_build(dsn, BuildOptions(dbt_args=[]), target_path=tmp_path / "after")
         assert_same_tables(dsn, wave1_dsn, "after the server was killed")
