@@ -45,7 +45,7 @@ lint: $(STAMP)
 
 # pytest starts its own throw-away server (or throw-away databases on BQX_PG_DSN's server),
 # runs `dbt build --select tag:wave1` on a small fixture, the tests, and sqlfluff lint
-# against that build (python/tests/test_sql_lint.py).
+# against that build (the README's `bqx lint`, run as written by python/tests/test_cli.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import _free_port, generate_month, record  # noqa: E402
+from common import generate_month, record  # noqa: E402
 
 from bqx import server  # noqa: E402
 from bqx.generate import write_bars  # noqa: E402
@@ -22,18 +23,19 @@ def main() -> int:
         home = Path(tmp)
         files = write_bars(generate_month(), home / "bars", "csv")
         size_mb = sum(path.stat().st_size for path in files) / 1e6
-        cluster = server.cluster_for(home, port=_free_port())
-        admin = server.start(cluster, link=home / ".bqx" / "pgdata", database="postgres")
-        try:
+        with server.scratch_server(home) as admin:
             for attempt in ("first", "reload"):
-                database = f"bqx_load_{attempt}"
+                database = f"bqx_load_{attempt}_{uuid.uuid4().hex[:8]}"
                 server.create_database(admin, database)
-                dsn = server.with_database(admin, database)
-                if attempt == "reload":
-                    load_paths(dsn, files)
-                started = time.perf_counter()
-                summary = load_paths(dsn, files)
-                seconds = time.perf_counter() - started
+                try:
+                    dsn = server.with_database(admin, database)
+                    if attempt == "reload":
+                        load_paths(dsn, files)
+                    started = time.perf_counter()
+                    summary = load_paths(dsn, files)
+                    seconds = time.perf_counter() - started
+                finally:
+                    server.drop_database(admin, database)
                 what = "into an empty database" if attempt == "first" else "again: every row unchanged"
                 record(
                     f"load.csv.{attempt}.rows_per_s",
@@ -43,8 +45,6 @@ def main() -> int:
                     f"{seconds:.2f} s incl. parsing, validation, COPY and partitions (goal ≥ 200k rows/s)",
                 )
                 print(f"{attempt}: {summary.rows_read / seconds:,.0f} rows/s")
-        finally:
-            server.destroy(cluster)
     return 0
 
 

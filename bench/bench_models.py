@@ -19,17 +19,13 @@ On the shared benchmark database (bench/common.py: 28 pairs × 1 month of genera
    largest |value|; integer and boolean columns and NULL placement: exact), so the race is
    between equal outputs.
 
-The binary writer is not reg_numpy.copy_frame_binary: that helper writes float8 columns only
-and encodes every row holding a NULL in Python, while time_features has integer and boolean
-columns NULL on most rows (closed sessions) and volume_tod_ratio is NULL on 7,200 bars per pair.
-`copy_binary` below encodes each run of consecutive rows sharing one NULL pattern as one NumPy
-record array, so NULLs cost nothing per row.
+Both directions use the project's binary COPY codec (bqx.pgcopy), which the loader uses too:
+NULLs and integer and boolean columns cost no per-row Python.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -39,13 +35,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_DIR, BenchDatabase, bench_database, record  # noqa: E402
+from common import BenchDatabase, bench_database, record  # noqa: E402
 
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+from bqx import pgcopy  # noqa: E402
+from bqx.project import dbt_vars  # noqa: E402
+
+VARS: dict = dbt_vars()
 ROLLING_WINDOWS: list[int] = VARS["rolling_windows"]
 TARGET_HORIZONS: list[int] = VARS["target_horizons"]
 VOLUME_TOD_DAYS: int = int(VARS.get("volume_tod_days", 5))  # the macro's default is 5 too
@@ -61,7 +59,6 @@ SESSIONS = (
 )
 SESSION_OVERLAPS = (("sydney", "tokyo"), ("tokyo", "london"), ("london", "new_york"))
 
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix microseconds
 US_PER_MINUTE = 60_000_000
 PAIR_WIDTH = 6
 
@@ -82,7 +79,7 @@ class Bars:
 
 
 def read_bars(conn: psycopg.Connection, columns: dict[str, str]) -> Bars:
-    """`columns` (name → 'float8' | 'int8') of every bar, read with a binary COPY parsed by NumPy.
+    """`columns` (name → 'float8' | 'int8') of every bar, read with a binary COPY (bqx.pgcopy).
     A fixed row layout keeps the parse vectorised, so a nullable float8 comes out as NaN
     (coalesced to 'NaN' in the query); an int8 column must hold no NULL."""
     selected = [
@@ -90,27 +87,16 @@ def read_bars(conn: psycopg.Connection, columns: dict[str, str]) -> Bars:
         for name, kind in columns.items()
     ]
     query = f"select {', '.join(['pair', 'ts_utc', *selected])} from staging.m1_index order by pair, ts_utc"
-    buffer = bytearray()
-    with conn.cursor().copy(f"copy ({query}) to stdout (format binary)") as copy:
-        for chunk in copy:
-            buffer += chunk
-    start = 19 + struct.unpack(">i", buffer[15:19])[0]  # signature, flags, header extension
-    fields = [("nfields", ">i2"), ("pair_len", ">i4"), ("pair", f"S{PAIR_WIDTH}"), ("ts_len", ">i4"), ("ts", ">i8")]
-    for name, kind in columns.items():
-        fields += [(f"{name}_len", ">i4"), (name, ">f8" if kind == "float8" else ">i8")]
-    record_type = np.dtype(fields)
-    count = (len(buffer) - start - 2) // record_type.itemsize
-    rows = np.frombuffer(buffer, dtype=record_type, count=count, offset=start)
-    if np.any(rows["pair_len"] != PAIR_WIDTH) or any(np.any(rows[f"{name}_len"] != 8) for name in columns):
-        raise ValueError("unexpected row layout (pair code width or a NULL int8)")
-    pair = rows["pair"].copy()
+    wire = [f"S{PAIR_WIDTH}", ">i8", *(">f8" if kind == "float8" else ">i8" for kind in columns.values())]
+    pair, ts_pg, *decoded = pgcopy.read_copy(conn, query, wire)
     first = np.r_[True, pair[1:] != pair[:-1]]
     starts = np.flatnonzero(first)
     lengths = np.diff(np.r_[starts, len(pair)])
     position = np.arange(len(pair)) - np.repeat(starts, lengths)
     remaining = np.repeat(lengths, lengths) - 1 - position
-    values = {name: rows[name].astype(np.float64 if kind == "float8" else np.int64) for name, kind in columns.items()}
-    return Bars(pair, rows["ts"].astype(np.int64) + PG_EPOCH_US, values, position, remaining)
+    values = {name: array.astype(np.float64 if kind == "float8" else np.int64)
+              for (name, kind), array in zip(columns.items(), decoded)}  # fmt: skip
+    return Bars(pair, ts_pg + pgcopy.PG_EPOCH_US, values, position, remaining)
 
 
 @dataclass(frozen=True)
@@ -122,60 +108,26 @@ class Column:
     values: np.ndarray
     null: np.ndarray | None = None
 
-    def null_mask(self) -> np.ndarray:
+    def copy_column(self) -> pgcopy.CopyColumn:
+        """The column as bqx.pgcopy sends it."""
         if self.pg_type == "double precision":
-            return np.isnan(self.values)
-        return self.null if self.null is not None else np.zeros(len(self.values), dtype=bool)
-
-
-_WIRE = {"double precision": (">f8", 8), "integer": (">i4", 4), "boolean": ("u1", 1)}
+            return pgcopy.float8(self.values)  # NaN = NULL
+        if self.pg_type == "integer":
+            return pgcopy.int4(self.values, self.null)
+        return pgcopy.boolean(self.values, self.null)
 
 
 def copy_binary(conn: psycopg.Connection, table: str, bars: Bars, columns: list[Column]) -> None:
-    """COPY (pair, ts_utc, columns...) into `table` in binary format. Rows keep their order; each
-    run of consecutive rows with one NULL pattern is one NumPy record array (a NULL field is its
-    length −1 and no payload), so no row is encoded in Python."""
-    nulls = [column.null_mask() for column in columns]
-    pattern = np.zeros(len(bars.pair), dtype=np.uint64)
-    for index, mask in enumerate(nulls):  # ≤ 64 columns per model
-        pattern |= mask.astype(np.uint64) << np.uint64(index)
-    run_starts = np.flatnonzero(np.r_[True, pattern[1:] != pattern[:-1]])
-    run_ends = np.r_[run_starts[1:], len(pattern)]
-    wire_values = [np.asarray(c.values).astype(_WIRE[c.pg_type][0], copy=False) for c in columns]
-    ts_pg = bars.ts_us - PG_EPOCH_US
-    record_types: dict[int, np.dtype] = {}
-    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-    names = ", ".join(c.name for c in columns)
-    with conn.cursor().copy(f"copy {table} (pair, ts_utc, {names}) from stdin (format binary)") as copy:
-        copy.write(header)
-        pending: list[bytes] = []
-        pending_size = 0
-        for lo, hi in zip(run_starts, run_ends):
-            key = int(pattern[lo])
-            if key not in record_types:
-                fields = [("nfields", ">i2"), ("pair_len", ">i4"), ("pair", f"S{PAIR_WIDTH}")]
-                fields += [("ts_len", ">i4"), ("ts", ">i8")]
-                for index, column in enumerate(columns):
-                    fields.append((f"len{index}", ">i4"))
-                    if not (key >> index) & 1:
-                        fields.append((f"v{index}", _WIRE[column.pg_type][0]))
-                record_types[key] = np.dtype(fields)
-            rows = np.empty(hi - lo, dtype=record_types[key])
-            rows["nfields"], rows["pair_len"], rows["ts_len"] = 2 + len(columns), PAIR_WIDTH, 8
-            rows["pair"], rows["ts"] = bars.pair[lo:hi], ts_pg[lo:hi]
-            for index, column in enumerate(columns):
-                if (key >> index) & 1:
-                    rows[f"len{index}"] = -1
-                else:
-                    rows[f"len{index}"] = _WIRE[column.pg_type][1]
-                    rows[f"v{index}"] = wire_values[index][lo:hi]
-            pending.append(rows.tobytes())
-            pending_size += rows.nbytes
-            if pending_size > 8 << 20:  # few, large writes; bounded memory
-                copy.write(b"".join(pending))
-                pending, pending_size = [], 0
-        pending.append(struct.pack(">h", -1))
-        copy.write(b"".join(pending))
+    """COPY (pair, ts_utc, columns...) into `table` in binary format (bqx.pgcopy); rows keep their order."""
+    pgcopy.copy_into(
+        conn,
+        table,
+        {
+            "pair": pgcopy.text(bars.pair),
+            "ts_utc": pgcopy.timestamptz(bars.ts_us),
+            **{column.name: column.copy_column() for column in columns},
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,22 +20,25 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_DIR, BenchDatabase, bench_database, best_of, record  # noqa: E402
-from reg_numpy import column_names, copy_frame_binary, read_series_binary, reg_polyfit_loop, reg_vectorised  # noqa: E402
+from common import BenchDatabase, bench_database, best_of, record  # noqa: E402
+from reg_numpy import column_names, reg_polyfit_loop, reg_vectorised  # noqa: E402
 
-WINDOWS: list[int] = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["reg_windows"]
+from bqx import pgcopy  # noqa: E402
+
+from bqx.project import dbt_vars  # noqa: E402
+
+WINDOWS: list[int] = dbt_vars()["reg_windows"]
 POLYFIT_SAMPLE_ROWS = 1000
 REPEAT = 2
 
 
 def polyfit_loop_rows_per_s(bench: BenchDatabase) -> float:
     with psycopg.connect(bench.dsn) as conn:
-        _, _, y = read_series_binary(
-            conn, "select pair, ts_utc, close_idx from staging.m1_index where pair = 'EURUSD' order by ts_utc"
+        (y,) = pgcopy.read_copy(
+            conn, "select close_idx from staging.m1_index where pair = 'EURUSD' order by ts_utc", [">f8"]
         )
     started = time.perf_counter()
     reg_polyfit_loop(y, WINDOWS, POLYFIT_SAMPLE_ROWS)
@@ -45,8 +48,8 @@ def polyfit_loop_rows_per_s(bench: BenchDatabase) -> float:
 def numpy_vectorised_build(bench: BenchDatabase) -> int:
     """Read the index, compute every REG column per pair, COPY into a new table, index it."""
     with psycopg.connect(bench.dsn) as conn:
-        pairs, ts_us, y = read_series_binary(
-            conn, "select pair, ts_utc, close_idx from staging.m1_index order by pair, ts_utc"
+        pairs, ts_pg, y = pgcopy.read_copy(
+            conn, "select pair, ts_utc, close_idx from staging.m1_index order by pair, ts_utc", ["S6", ">i8", ">f8"]
         )
         columns = {name: np.empty(len(y)) for name in column_names(WINDOWS)}
         bounds = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1], True])
@@ -59,7 +62,15 @@ def numpy_vectorised_build(bench: BenchDatabase) -> int:
             + ", ".join(f"{name} double precision" for name in columns)
             + ")"
         )
-        copy_frame_binary(conn, "public.bench_reg_numpy", pairs.astype(str), ts_us, columns)
+        pgcopy.copy_into(
+            conn,
+            "public.bench_reg_numpy",
+            {
+                "pair": pgcopy.text(pairs),
+                "ts_utc": pgcopy.timestamptz(ts_pg + pgcopy.PG_EPOCH_US),
+                **{name: pgcopy.float8(values) for name, values in columns.items()},  # NaN = NULL
+            },
+        )
         conn.execute("create unique index on public.bench_reg_numpy (pair, ts_utc)")
         conn.commit()
     return len(y)

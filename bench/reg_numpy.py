@@ -6,14 +6,10 @@
   (macros/features/regression.sql) vectorised: block-local running sums differenced per
   window (5.7e-10 of each column's largest value on r2, ~1e-11 elsewhere, against polyfit:
   it omits the SQL's exact-grid split of the sums, which only matters on near-flat windows).
-* `copy_frame_binary`: writes result columns into a table with a binary COPY built by NumPy
-  (no per-row Python except for the few rows holding NULLs), the fastest way back into
-  PostgreSQL from Python.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -133,79 +129,3 @@ def reg_vectorised(
             full[window - 1 :] = column
             out[f"reg_{metric}_w{window}"] = full
     return out
-
-
-_PG_EPOCH_US = 946684800 * 1_000_000  # 2000-01-01 in Unix microseconds
-
-
-def copy_frame_binary(
-    conn, table: str, pairs: np.ndarray, ts_us: np.ndarray, columns: dict[str, np.ndarray], chunk_rows: int = 32768
-) -> None:
-    """COPY (pair text, ts_utc timestamptz, float8 columns...) into `table` in binary, building the
-    stream with NumPy: rows without NULL as fixed-layout records, in chunks (a buffer reused, so
-    memory stays small), the few rows holding NULLs (warm-ups) row by row."""
-    names = list(columns)
-    pair_codes, pair_index = np.unique(pairs, return_inverse=True)
-    pair_bytes = [str(code).encode() for code in pair_codes]
-    width = len(pair_bytes[0])
-    if any(len(code) != width for code in pair_bytes):
-        raise ValueError("pair codes must have one length")
-    pair_array = np.array(pair_bytes, dtype=f"S{width}")
-    n_fields = 2 + len(names)
-    record = np.dtype(
-        [("nfields", ">i2"), ("pair_len", ">i4"), ("pair", f"S{width}"), ("ts_len", ">i4"), ("ts", ">i8")]
-        + [item for i in range(len(names)) for item in ((f"len{i}", ">i4"), (f"v{i}", ">f8"))]
-    )
-    buffer = np.zeros(chunk_rows, dtype=record)
-    buffer["nfields"] = n_fields
-    buffer["pair_len"] = width
-    buffer["ts_len"] = 8
-    for i in range(len(names)):
-        buffer[f"len{i}"] = 8
-    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-    with conn.cursor().copy(f"copy {table} (pair, ts_utc, {', '.join(names)}) from stdin (format binary)") as copy:
-        copy.write(header)
-        for lo in range(0, len(ts_us), chunk_rows):
-            hi = min(lo + chunk_rows, len(ts_us))
-            block = np.column_stack([columns[name][lo:hi] for name in names])
-            has_null = np.isnan(block).any(axis=1)
-            dense = np.flatnonzero(~has_null)
-            rows = buffer[: len(dense)]
-            rows["pair"] = pair_array[pair_index[lo:hi][dense]]
-            rows["ts"] = ts_us[lo:hi][dense] - _PG_EPOCH_US
-            for i in range(len(names)):
-                rows[f"v{i}"] = block[dense, i]
-            copy.write(rows.tobytes())
-            sparse = []
-            for row in np.flatnonzero(has_null):
-                parts = [
-                    struct.pack(">hi", n_fields, width),
-                    pair_bytes[pair_index[lo + row]],
-                    struct.pack(">iq", 8, ts_us[lo + row] - _PG_EPOCH_US),
-                ]
-                for value in block[row]:
-                    parts.append(struct.pack(">i", -1) if np.isnan(value) else struct.pack(">id", 8, value))
-                sparse.append(b"".join(parts))
-            if sparse:
-                copy.write(b"".join(sparse))
-        copy.write(struct.pack(">h", -1))
-
-
-def read_series_binary(conn, query: str, pair_width: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pair bytes, ts_utc µs since Unix epoch, value) of `query` (pair text, ts_utc timestamptz,
-    float8 NOT NULL), read with a binary COPY parsed by NumPy."""
-    buffer = bytearray()
-    with conn.cursor().copy(f"copy ({query}) to stdout (format binary)") as copy:
-        for chunk in copy:
-            buffer += chunk
-    flags_ext = struct.unpack(">ii", buffer[11:19])
-    start = 19 + flags_ext[1]
-    record = np.dtype(
-        [("nfields", ">i2"), ("pair_len", ">i4"), ("pair", f"S{pair_width}"), ("ts_len", ">i4"), ("ts", ">i8"),
-         ("v_len", ">i4"), ("v", ">f8")]
-    )
-    count = (len(buffer) - start - 2) // record.itemsize
-    rows = np.frombuffer(bytes(buffer[start : start + count * record.itemsize]), dtype=record)
-    if np.any(rows["pair_len"] != pair_width) or np.any(rows["v_len"] != 8):
-        raise ValueError("unexpected row layout (pair width or a NULL value)")
-    return rows["pair"], rows["ts"].astype(np.int64) + _PG_EPOCH_US, rows["v"].astype(np.float64)

@@ -6,13 +6,38 @@
 
 {#- The output columns, in order: the five band columns of each window of var('bollinger_windows'). -#}
 {% macro bollinger_column_names() -%}
-    {%- set names = [] -%}
-    {%- for window in var('bollinger_windows') -%}
-        {%- for metric in ['bb_mid', 'bb_upper', 'bb_lower', 'bb_width', 'bb_pctb'] -%}
-            {%- do names.append(metric ~ '_w' ~ window) -%}
-        {%- endfor -%}
-    {%- endfor -%}
-    {{ return(names) }}
+    {{ return(bollinger_columns('rate') | map(attribute='name') | list) }}
+{%- endmacro %}
+
+
+{#- The column specs (macros/catalog/feature_columns.sql) of bollinger_rate (domain 'rate': width
+    relative to the mid) or bollinger_bqx ('bqx': width absolute). -#}
+{% macro bollinger_columns(domain) -%}
+    {%- set width = {
+        'rate': '(bb_upper_w{w} − bb_lower_w{w}) / bb_mid_w{w} = 2k·sigma / mid: band width relative to the
+            level; 0 for a flat window.',
+        'bqx': 'bb_upper_w{w} − bb_lower_w{w} = 2k·sigma, absolute (the BQX series crosses 0, so no division
+            by the mid); 0 for a flat window.',
+    } -%}
+    {%- set metrics = [
+        {'name': 'bb_mid_w{w}', 'template': 'Middle band: the simple mean of {series} over the {w} bars
+            t-{w1} ... t (window {w} bars, var bollinger_windows).'},
+        {'name': 'bb_upper_w{w}', 'template': 'bb_mid_w{w} + k·sigma, k = var bollinger_k (now {k}), sigma the
+            population standard deviation (ddof 0, as TA-Lib BBANDS) of the same {w} values.'},
+        {'name': 'bb_lower_w{w}', 'template': 'bb_mid_w{w} − k·sigma (see bb_upper_w{w}).'},
+        {'name': 'bb_width_w{w}', 'template': width[domain],
+            'never_null_because': 'mid > 0' if domain == 'rate' else none},
+        {'name': 'bb_pctb_w{w}', 'template': '%b = (y[t] − bb_lower_w{w}) / (bb_upper_w{w} − bb_lower_w{w}),
+            y[t] the bar\'s own value: 0 on the lower band, 1 on the upper.',
+            'null_when': 'the window is flat (all {w} values equal: sigma = 0, upper = lower, width 0)',
+            'null_allowed_when': 'bb_width_w{w} = 0'},
+    ] -%}
+    {{ return(windowed_columns(
+        metrics, var('bollinger_windows'), feature_series(domain),
+        'float8 on deviations from y[t], within 1e-9 of NumPy and TA-Lib BBANDS on each window (measured 3e-14
+        of the column\'s largest |value|)',
+        values={'k': var('bollinger_k')},
+    )) }}
 {%- endmacro %}
 
 
@@ -23,7 +48,7 @@
     width_relative_to_mid: width = (upper - lower) / mid (the rate domain) or upper - lower (the
     BQX domain, whose series crosses 0).
     The window sums of deviations from y[t] come from window_deviation_sums_ctes
-    (macros/features/statistics.sql), which says why they are computed so.
+    (macros/shared/window_deviation_sums.sql), which says why they are computed so.
 -#}
 {% macro bollinger_ctes(rows_cte, series, width_relative_to_mid) -%}
 {%- set windows = var('bollinger_windows') | map('int') | list -%}

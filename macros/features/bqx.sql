@@ -5,11 +5,26 @@
 
 {#- The output columns, in order: bqx_w{W} for W in var('bqx_windows'). -#}
 {% macro bqx_column_names() -%}
-    {%- set names = [] -%}
-    {%- for window in var('bqx_windows') -%}
-        {%- do names.append('bqx_w' ~ window) -%}
-    {%- endfor -%}
-    {{ return(names) }}
+    {{ return(bqx_columns() | map(attribute='name') | list) }}
+{%- endmacro %}
+
+
+{#- The column specs (macros/catalog/feature_columns.sql), one per W of var('bqx_windows'). The
+    model reads close_idx only (no domain). -#}
+{% macro bqx_columns(domain=none) -%}
+    {%- set metrics = [{
+        'name': 'bqx_w{w}',
+        'template': '(mean(close_idx[t-{w} .. t-1]) - close_idx[t]) / close_idx[t]: the mean of the {w} bars
+            before t (bar t excluded), relative to the close of t; positive when the price has fallen below
+            its recent past (the Σ form of the original system is {w} × this). Window {w} bars
+            (var bqx_windows).',
+        'warmup_offset': 0,
+        'never_null_because': 'close_idx > 0',
+    }] -%}
+    {{ return(windowed_columns(
+        metrics, var('bqx_windows'), feature_series(none),
+        'float8, within 1e-9 of NumPy\'s mean of each window (measured 6e-13 of the column\'s largest |value|)',
+    )) }}
 {%- endmacro %}
 
 

@@ -17,19 +17,16 @@
 {%- endmacro %}
 
 
-{#- Per window family, the number of bars its longest feature reads (on either domain): a BQX
-    window reads W + 1 closes; the bqx-domain reg/bollinger/statistics windows read W values of
-    the series bqx_w<S>, each of which reads S + 1 closes, so W + S bars in all. Statistics,
-    volume and spread share rolling_windows (volume_tod_ratio's days-long window is excluded:
-    it always spans a weekend). -#}
+{#- Per gap flag, the number of bars the longest feature of its families reads (on either
+    domain), from the registry (feature_families(): gap_window and window_span), in the
+    registry's order: families sharing a window list share a flag (statistics, volume and spread:
+    rolling), its span the longest of theirs. -#}
 {% macro data_quality_gap_spans() -%}
-    {%- set series = var('bqx_series_window') | int -%}
-    {{ return({
-        'bqx': (var('bqx_windows') | max) + 1,
-        'reg': (var('reg_windows') | max) + series,
-        'bollinger': (var('bollinger_windows') | max) + series,
-        'rolling': (var('rolling_windows') | max) + series,
-    }) }}
+    {%- set spans = {} -%}
+    {%- for family in feature_families() if family.gap_window -%}
+        {%- do spans.update({family.gap_window: [spans.get(family.gap_window, 0), family.window_span] | max}) -%}
+    {%- endfor -%}
+    {{ return(spans) }}
 {%- endmacro %}
 
 
@@ -41,17 +38,68 @@
 
 
 {% macro data_quality_column_names() -%}
-    {%- set spike_window = data_quality_settings().spike_window -%}
-    {%- set names = [
-        'minutes_since_prev_bar',
-        'unchanged_close_run',
-        'spike_score_w' ~ spike_window,
-        'spike_flag_w' ~ spike_window,
+    {{ return(data_quality_columns() | map(attribute='name') | list) }}
+{%- endmacro %}
+
+
+{#- The column specs (macros/catalog/feature_columns.sql) of data_quality_features; the gap flags'
+    spans and what they cover come from the registry. -#}
+{% macro data_quality_columns(domain=none) -%}
+    {%- set settings = data_quality_settings() -%}
+    {%- set spike_window = settings.spike_window -%}
+    {%- set spike_score = 'spike_score_w' ~ spike_window -%}
+    {%- set exact = 'exact (integers and booleans)' -%}
+    {%- set columns = [
+        feature_column(
+            'minutes_since_prev_bar',
+            'ts_utc[t] - ts_utc[t-1] in whole minutes (integer): 1 for consecutive bars, more after missing
+            minutes, about 2880 after a weekend.',
+            warmup=1, warmup_rule='the previous bar', precision=exact,
+        ),
+        feature_column(
+            'unchanged_close_run',
+            'Length in bars of the run of equal close_idx ending at t (bigint): 1 when the close differs from
+            the previous bar\'s (or on the first bar), k when the last k closes are equal (a stale feed or a
+            flat market). Unbounded: an incremental run continues the run stored in the table.',
+            precision=exact,
+        ),
+        feature_column(
+            spike_score,
+            '|r[t]| / sigma, with r[k] = ln(close_idx[k] / close_idx[k-1]) and sigma the sample standard
+            deviation (ddof 1) of r over the previous {n} bars t-{n} ... t-1 (var spike_window, now {n}; the
+            current bar excluded so a spike cannot mask itself).',
+            values={'n': spike_window},
+            warmup=spike_window + 1, warmup_rule='spike_window + 1: the returns need a previous close',
+            null_when='sigma = 0 (the previous {} closes are equal)'.format(spike_window + 1),
+            null_allowed_when=spike_window_is_flat(
+                graph_model_relation('data_quality_features', 'features'), 'data_quality_features', spike_score),
+            precision='float8, within 1e-9 of NumPy (measured ~1e-16)',
+        ),
+        feature_column(
+            'spike_flag_w' ~ spike_window,
+            '|r[t]| > var spike_sigma_multiple (now {k}) x sigma, r and sigma as in {score} (boolean). A move
+            right after a flat stretch (sigma = 0) is a spike.',
+            values={'k': settings.spike_sigma_multiple, 'score': spike_score},
+            warmup=spike_window + 1, warmup_rule='spike_window + 1', precision=exact,
+        ),
     ] -%}
-    {%- for family in data_quality_gap_spans() -%}
-        {%- do names.append('gap_in_' ~ family ~ '_window') -%}
+    {%- for gap_window, span in data_quality_gap_spans().items() -%}
+        {%- set readers = [] -%}
+        {%- for family in feature_families() if family.gap_window == gap_window -%}
+            {%- do readers.append(family.name ~ ' ' ~ family.window_span ~ ' bars, ' ~ family.window_span_rule) -%}
+        {%- endfor -%}
+        {%- do columns.append(feature_column(
+            'gap_in_' ~ gap_window ~ '_window',
+            'TRUE when a gap lies inside the {span} bars t-{span1} ... t that the longest feature of its
+            families reads on either domain ({readers}), i.e. when one of bars t-{span2} ... t opened more than
+            var gap_limit_minutes (now {limit}) minutes after its predecessor. Weekends count as gaps, like
+            missing stretches (boolean).',
+            values={'span': span, 'span1': span - 1, 'span2': span - 2, 'readers': readers | join('; '),
+                'limit': settings.gap_limit_minutes},
+            warmup=span - 1, warmup_rule='the span − 1', precision=exact,
+        )) -%}
     {%- endfor -%}
-    {{ return(names) }}
+    {{ return(columns) }}
 {%- endmacro %}
 
 
@@ -145,8 +193,8 @@ from bar_histories
 {%- endmacro %}
 
 
-{#- For the YAML's warmup_nulls test of spike_score (null_allowed_when): the score of the tested
-    row of `model` is NULL and the spike window's returns are all 0, i.e. the previous bar ends a
+{#- For the warm-up test of spike_score (null_allowed_when of data_quality_columns()): the score of
+    the tested row of `model` is NULL and the spike window's returns are all 0, i.e. the previous bar ends a
     run of at least spike_window + 1 equal closes. The subquery runs only on NULL rows. -#}
 {% macro spike_window_is_flat(model, model_name, column) -%}
 case

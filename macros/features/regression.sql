@@ -6,18 +6,42 @@
 
 {#- The output columns, in order: reg_{a,b,c,r2,rmse,endpoint}_w{W} for W in var('reg_windows'). -#}
 {% macro reg_column_names() -%}
-    {%- set names = [] -%}
-    {%- for window in var('reg_windows') -%}
-        {%- for metric in reg_metrics() -%}
-            {%- do names.append('reg_' ~ metric ~ '_w' ~ window) -%}
-        {%- endfor -%}
-    {%- endfor -%}
-    {{ return(names) }}
+    {{ return(reg_columns('rate') | map(attribute='name') | list) }}
 {%- endmacro %}
 
 
-{% macro reg_metrics() -%}
-    {{ return(['a', 'b', 'c', 'r2', 'rmse', 'endpoint']) }}
+{#- The column specs (macros/catalog/feature_columns.sql) of reg_rate (domain 'rate': endpoint a
+    ratio) or reg_bqx ('bqx': endpoint a difference): one template per metric, filled per window. -#}
+{% macro reg_columns(domain) -%}
+    {%- set series = feature_series(domain) -%}
+    {%- set endpoint = {
+        'rate': '{y}[t] / {y}[t-{w1}] - 1: the relative change over the window\'s span.',
+        'bqx': 'y[t] - y[t-{w1}]: the change of the BQX series over the window\'s span (a difference: the
+            series is itself relative and crosses 0).',
+    } -%}
+    {%- set metrics = [
+        {'name': 'reg_a_w{w}', 'template': 'Curvature coefficient a of the least-squares quadratic
+            y ≈ a·x² + b·x + c fitted to {series} over the {w} bars t-{w1} .. t (window {w} bars, var reg_windows),
+            x = -{w1} .. 0 (x = 0 is bar t); 2a is the curvature. Exactly 0 on a flat window.'},
+        {'name': 'reg_b_w{w}', 'template': 'Slope b of the least-squares quadratic over the {w} bars
+            t-{w1} .. t (reg_a_w{w}): the fitted slope at bar t (x = 0), in units of y per bar. Exactly 0 on a
+            flat window.'},
+        {'name': 'reg_c_w{w}', 'template': 'Intercept c of the least-squares quadratic over the {w} bars
+            t-{w1} .. t (reg_a_w{w}): the fitted value at bar t (x = 0); y[t] on a flat window.'},
+        {'name': 'reg_r2_w{w}', 'template': 'R² = 1 - SSE/SST of the least-squares quadratic over the {w}
+            bars t-{w1} .. t (reg_a_w{w}; SSE the squared residuals, SST the squared deviations from the
+            window\'s mean), in [0, 1].',
+            'null_when': 'SST = 0: a flat window (every value equal; reg_rmse_w{w} = 0 then)',
+            'null_allowed_when': 'reg_rmse_w{w} = 0'},
+        {'name': 'reg_rmse_w{w}', 'template': 'Root mean squared residual of the least-squares quadratic
+            over the {w} bars t-{w1} .. t (reg_a_w{w}): sqrt(SSE / {w}), SSE clamped at >= 0; 0 on a flat
+            window.'},
+        {'name': 'reg_endpoint_w{w}', 'template': endpoint[domain],
+            'never_null_because': 'close_idx > 0' if domain == 'rate' else none},
+    ] -%}
+    {%- set precision = 'float8, within 1e-9 of numpy.polyfit on each window (measured at worst '
+        ~ ('1.3e-10 (r2)' if domain == 'rate' else '5e-11') ~ ' of the column\'s largest |value|)' -%}
+    {{ return(windowed_columns(metrics, var('reg_windows'), series, precision)) }}
 {%- endmacro %}
 
 

@@ -15,13 +15,40 @@
 
 
 {% macro spread_column_names() -%}
-    {%- set names = [] -%}
-    {%- for w in var('rolling_windows') -%}
-        {%- for metric in ['mean', 'std', 'z', 'min', 'max'] -%}
-            {%- do names.append('spread_bps_' ~ metric ~ '_w' ~ w) -%}
-        {%- endfor -%}
+    {{ return(spread_columns() | map(attribute='name') | list) }}
+{%- endmacro %}
+
+
+{#- The column specs (macros/catalog/feature_columns.sql) of spread_features: five metrics per
+    window of var('rolling_windows'). -#}
+{% macro spread_columns(domain=none) -%}
+    {%- set has_null = 'one of the {w} spreads is NULL' -%}
+    {%- set metrics = [
+        {'name': 'spread_bps_mean_w{w}', 'template': 'Mean of spread_bps (spread / close × 10⁴) over the {w}
+            bars t-{w1} ... t (window {w} bars, var rolling_windows).',
+            'null_when': has_null, 'null_allowed_when': '{null_sql}'},
+        {'name': 'spread_bps_std_w{w}', 'template': 'Sample standard deviation (ddof 1) of spread_bps over bars
+            t-{w1} ... t; exactly 0 when the window is constant (min = max).',
+            'null_when': has_null, 'null_allowed_when': 'spread_bps_mean_w{w} is null'},
+        {'name': 'spread_bps_z_w{w}', 'template': '(spread_bps[t] - spread_bps_mean_w{w}) /
+            spread_bps_std_w{w}.',
+            'null_when': has_null ~ ', or when the window is constant (std 0)',
+            'null_allowed_when': 'spread_bps_mean_w{w} is null or spread_bps_std_w{w} = 0'},
+        {'name': 'spread_bps_min_w{w}', 'template': 'Smallest spread_bps of bars t-{w1} ... t (exact).',
+            'null_when': has_null, 'null_allowed_when': 'spread_bps_mean_w{w} is null'},
+        {'name': 'spread_bps_max_w{w}', 'template': 'Largest spread_bps of bars t-{w1} ... t (exact).',
+            'null_when': has_null, 'null_allowed_when': 'spread_bps_mean_w{w} is null'},
+    ] -%}
+    {%- set columns = [] -%}
+    {%- for window in var('rolling_windows') | map('int') -%}
+        {%- do columns.extend(windowed_columns(
+            metrics, [window], feature_series(none),
+            'float8 on exact deviations from spread_bps[t], within 1e-9 of NumPy on each window (measured
+            ~1e-14 of the column\'s largest |value|)',
+            values={'null_sql': spread_window_has_null('spread_features', 'spread_bps_mean_w' ~ window, window)},
+        )) -%}
     {%- endfor -%}
-    {{ return(names) }}
+    {{ return(columns) }}
 {%- endmacro %}
 
 
@@ -29,7 +56,7 @@
     every column of spread_column_names().
 
     float8 on the deviations d_j = spread_bps[t−j] − spread_bps[t] (window_deviation_sums_ctes of
-    macros/features/statistics.sql: one lag per bar back, shared by every window, summed per
+    macros/shared/window_deviation_sums.sql: one lag per bar back, shared by every window, summed per
     segment between consecutive windows): O(max W) cheap additions per row, where float8
     avg/stddev/min/max over moving frames re-aggregate all W values for every row, window and
     aggregate (~900 steps per row). A NULL spread in the window makes its deviation sum NULL,
@@ -87,7 +114,7 @@ from spread_moments
 {%- endmacro %}
 
 
-{#- For the YAML's warmup_nulls tests (null_allowed_when): `column` of the tested row of
+{#- For the warm-up test (null_allowed_when of spread_columns()): `column` of the tested row of
     `model_name` is NULL and the W bars of m1_index ending at that row hold a NULL spread.
     The subquery runs only on NULL rows. -#}
 {% macro spread_window_has_null(model_name, column, w) -%}

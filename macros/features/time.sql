@@ -24,18 +24,61 @@
 
 
 {% macro time_column_names() -%}
-    {%- set names = ['hour', 'minute_of_day', 'day_of_week', 'hour_sin', 'hour_cos', 'dow_sin', 'dow_cos'] -%}
+    {{ return(time_columns() | map(attribute='name') | list) }}
+{%- endmacro %}
+
+
+{#- The column specs (macros/catalog/feature_columns.sql) of time_features: no window, no warm-up. -#}
+{% macro time_columns(domain=none) -%}
+    {%- set columns = [] -%}
+    {%- set precision = 'exact (integers and booleans)' -%}
+    {%- set circle = 'float8, within 1e-9 of NumPy (a sine of an exact argument)' -%}
+    {%- for entry in [
+        ('hour', 'Hour of ts_utc in UTC, 0-23 (integer).', precision),
+        ('minute_of_day', 'Minutes since 00:00 UTC, 0-1439 (integer): hour x 60 + minute.', precision),
+        ('day_of_week', 'ISO day of the week of ts_utc in UTC, Monday = 1 ... Sunday = 7 (integer).', precision),
+        ('hour_sin', 'sin(2 pi x minute_of_day / 1440): the UTC time of day (fractional hour / 24) on a circle,
+            so 23:59 is next to 00:00.', circle),
+        ('hour_cos', 'cos(2 pi x minute_of_day / 1440).', circle),
+        ('dow_sin', 'sin(2 pi x (day_of_week - 1) / 7): the ISO weekday on a circle, Monday at angle 0.', circle),
+        ('dow_cos', 'cos(2 pi x (day_of_week - 1) / 7).', circle),
+    ] -%}
+        {%- do columns.append(feature_column(entry[0], entry[1], precision=entry[2])) -%}
+    {%- endfor -%}
     {%- for session in market_sessions() -%}
-        {%- do names.append('session_' ~ session.city) -%}
+        {%- do columns.append(feature_column(
+            'session_' ~ session.city,
+            'TRUE when the {name} session is open: local time in {zone} (with its daylight saving) Monday to
+            Friday in {zone}\'s own calendar, in [{open:02d}:00, {close:02d}:00).',
+            values={'name': session.city.replace('_', ' ').title(), 'zone': session.zone,
+                'open': session.open_hour, 'close': session.close_hour},
+            precision=precision,
+        )) -%}
     {%- endfor -%}
     {%- for overlap in market_session_overlaps() -%}
-        {%- do names.append('session_overlap_' ~ overlap | join('_')) -%}
+        {%- do columns.append(feature_column(
+            'session_overlap_' ~ overlap | join('_'),
+            'session_{0} and session_{1}: both sessions open.'.format(overlap[0], overlap[1]),
+            precision=precision,
+        )) -%}
     {%- endfor -%}
-    {%- do names.append('sessions_open') -%}
+    {%- do columns.append(feature_column(
+        'sessions_open', 'Number of the {n} sessions open (0-{n}, integer).',
+        values={'n': market_sessions() | length}, precision=precision,
+    )) -%}
     {%- for session in market_sessions() -%}
-        {%- do names.append('minutes_into_' ~ session.city) -%}
+        {%- do columns.append(feature_column(
+            'minutes_into_' ~ session.city,
+            'Minutes since the {name} session opened that local day: ({zone} local hour - {open}) x 60 + local
+            minute, 0 ... {last} (integer).',
+            values={'name': session.city.replace('_', ' ').title(), 'zone': session.zone,
+                'open': session.open_hour, 'last': (session.close_hour - session.open_hour) * 60 - 1},
+            null_when='the session is closed (session_' ~ session.city ~ ' false)',
+            null_allowed_when='not session_' ~ session.city,
+            precision=precision,
+        )) -%}
     {%- endfor -%}
-    {{ return(names) }}
+    {{ return(columns) }}
 {%- endmacro %}
 
 

@@ -156,8 +156,9 @@ $ensure$
     lock (classid, objid) = (writer_lock_keys()) exclusively for their whole run, on a
     connection of their own. Each model of a plain `dbt run` takes it shared for its
     transaction: it waits while a `bqx load` or a `bqx build` runs, and a load waits for the
-    model being written to commit. The models of `bqx build`'s own dbt skip it (the var
-    bqx_writer_pid names the build's lock connection, which holds it). Interleaving at model
+    model being written to commit. The models of `bqx build`'s own dbt skip it (the session
+    setting bqx.writer_pid, which bqx build sets through PGOPTIONS, names the build's lock
+    connection, which holds it; a var would force dbt to re-parse the project on every build). Interleaving at model
     boundaries is harmless: each model consumes exactly the changes its snapshot saw.
 -#}
 {% macro writer_lock_keys() -%}
@@ -173,7 +174,7 @@ where not exists (
     where
         held.locktype = 'advisory' and held.classid = {{ keys[0] }} and held.objid = {{ keys[1] }}
         and held.objsubid = 2 and held.granted and held.mode = 'ExclusiveLock'
-        and held.pid = {{ var('bqx_writer_pid', -1) | int }}
+        and held.pid = coalesce(nullif(current_setting('bqx.writer_pid', true), '')::integer, -1)
 )
 {%- endmacro %}
 

@@ -348,13 +348,6 @@ inner join {{ increment_table() }} as increment_bounds
 {%- endmacro %}
 
 
-{% macro quoted_pairs() -%}
-    {%- for pair in var('pairs') -%}
-        '{{ pair }}'{{ ", " if not loop.last }}
-    {%- endfor -%}
-{%- endmacro %}
-
-
 {#- What every feature model emits: pair, ts_utc and its feature columns (explicit, from the
     family's column-name macro) of the rows incremental_rows flagged new. -#}
 {% macro new_feature_rows(relation, column_names) -%}

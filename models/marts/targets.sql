@@ -3,7 +3,6 @@
     incremental_strategy='recompute',
     unique_key=['pair', 'ts_utc'],
     on_schema_change='fail',
-    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
     post_hook="{{ record_increment() }}",
 ) }}
 

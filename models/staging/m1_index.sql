@@ -3,10 +3,6 @@
     incremental_strategy='recompute',
     unique_key=['pair', 'ts_utc'],
     on_schema_change='fail',
-    indexes=[
-        {'columns': ['pair', 'ts_utc'], 'unique': true},
-        {'columns': ['pair', 'bar_number'], 'unique': true},
-    ],
     post_hook="{{ record_increment() }}",
 ) }}
 

@@ -21,13 +21,15 @@ import yaml
 
 from bqx import raw_schema
 from bqx.audit import compiled_models, format_report, run_audit
-from bqx.dbt import PROJECT_DIR, run_dbt
+from bqx.build_arguments import build_arguments
+from bqx.dbt import run_dbt
+from bqx.project import PROJECT_DIR
 from bqx.writer_lock import writer_lock
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    dbt_args: list[str]
+    dbt_args: list[str]  # dbt build's options as the user gave them (--full-refresh, -s, --vars, ...)
     recompute_from: str | None = None
     recompute_to: str | None = None
     full_tests: bool = False
@@ -109,17 +111,21 @@ def ensure_change_log(dsn: str) -> None:
 
 
 def run_build(dsn: str, options: BuildOptions, *, target_path: Path | None = None) -> int:
-    """`dbt build --select tag:wave1 [dbt args]` under the writer lock; prints the summary."""
+    """`dbt build --select tag:wave1 [dbt args]` (no selection added when the args select) under
+    the writer lock; prints the summary, then audits an incremental build."""
     with writer_lock(dsn, "build", wait=options.wait) as lock:
         ensure_change_log(dsn)
         extra = {
-            "bqx_writer_pid": lock.info.backend_pid,
             "recompute_from": options.recompute_from,
             "recompute_to": options.recompute_to,
             "full_tests": True if options.full_tests else None,
         }
-        args = merge_vars(["build", "--select", "tag:wave1", *options.dbt_args], extra)
-        done = run_dbt(args, dsn, target_path=target_path)
+        args = merge_vars(build_arguments(options.dbt_args), extra)
+        # the models of this dbt skip the shared writer lock that this process holds exclusively
+        # (macros/incremental/build_state.sql, writer_lock_shared)
+        done = run_dbt(
+            args, dsn, target_path=target_path, session_settings={"bqx.writer_pid": str(lock.info.backend_pid)}
+        )
         target = target_path or Path(os.environ.get("DBT_TARGET_PATH", PROJECT_DIR / "target"))
         invocation = _invocation_id(target)
         if invocation:

@@ -50,6 +50,7 @@ rollover and the Sunday open, with noise.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,16 +63,30 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from bqx import safe_files
+from bqx.bar_formats import (
+    BAR_COLUMNS,
+    CSV_HEADER,
+    CSV_TIMESTAMP_FORMAT,
+    HISTDATA_DELIMITER,
+    HISTDATA_TIMESTAMP_FORMAT,
+    HISTDATA_UTC_OFFSET_US,
+    NUMBER_COLUMNS,
+    PRICE_COLUMNS,
+    histdata_file_name,
+)
+from bqx.bar_formats import FORMATS as _FORMATS
 from bqx.pairs import CURRENCIES as _CURRENCIES
 from bqx.pairs import PAIRS as _PAIRS
 
 DEFAULT_SEED = 20240701
 
-# Market order of precedence; defined once for the package in bqx.pairs, re-exported here.
+# Market order of precedence and the file formats; defined once for the package in bqx.pairs
+# and bqx.bar_formats, re-exported here.
 CURRENCIES: tuple[str, ...] = _CURRENCIES
 PAIRS: tuple[str, ...] = _PAIRS
-COLUMNS: tuple[str, ...] = ("pair", "ts_utc", "open", "high", "low", "close", "volume", "spread")
-FORMATS: tuple[str, ...] = ("csv", "parquet", "histdata")
+COLUMNS: tuple[str, ...] = BAR_COLUMNS
+FORMATS: tuple[str, ...] = _FORMATS
 
 MINUTES_PER_DAY = 1440
 TICKS_PER_MINUTE = 12  # 5-second ticks: enough for a realistic high-low range, cheap to simulate
@@ -451,7 +466,7 @@ def generate_bars(
             stamps = _minute_stamps(day)
             for j in range(len(pair_idx)):
                 keep = bars["keep"][j]
-                piece = {name: bars[name][j][keep] for name in ("open", "high", "low", "close", "volume", "spread")}
+                piece = {name: bars[name][j][keep] for name in NUMBER_COLUMNS}
                 piece["ts"] = stamps[keep]
                 pieces[j].append(piece)
 
@@ -502,7 +517,7 @@ def generate_factors(start: dt.date, end: dt.date, seed: int = DEFAULT_SEED) -> 
 def _month_file(fmt: str, pair: str, month: np.datetime64) -> str:
     year, mon = str(month)[:4], str(month)[5:7]
     if fmt == "histdata":
-        return f"DAT_ASCII_{pair}_M1_{year}{mon}.csv"
+        return histdata_file_name(pair, int(year), int(mon))
     return f"{pair}_{year}_{mon}.{fmt}"
 
 
@@ -521,7 +536,16 @@ def write_bars(bars: pd.DataFrame, out_dir: Path, fmt: str = "csv") -> list[Path
     if missing:
         raise ValueError(f"bars lack the columns {missing}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # run as root in a folder someone else controls (data/ of their checkout), nothing they
+    # planted there (a symlink to a root-only file) is followed: see bqx.safe_files
+    out_fd = safe_files.open_dir(out_dir, create_mode=0o755)
+    try:
+        return _write_bar_files(bars, out_dir, out_fd, fmt)
+    finally:
+        os.close(out_fd)
+
+
+def _write_bar_files(bars: pd.DataFrame, out_dir: Path, out_fd: int, fmt: str) -> list[Path]:
     if bars.empty:
         return []
 
@@ -530,7 +554,7 @@ def write_bars(bars: pd.DataFrame, out_dir: Path, fmt: str = "csv") -> list[Path
     micros = ts.as_unit("us").asi8
     pair = bars["pair"].astype(str).to_numpy()
     # Files are named by the month of the file's clock: UTC, or EST for HistData.
-    local = micros - (5 * 3600 * 1_000_000 if fmt == "histdata" else 0)
+    local = micros - (HISTDATA_UTC_OFFSET_US if fmt == "histdata" else 0)
     month = local.astype("datetime64[us]").astype("datetime64[M]")
     pair_rank = pd.Categorical(pair, categories=sorted(set(pair), key=_pair_sort_key)).codes
     order = np.lexsort((micros, month, pair_rank))
@@ -549,15 +573,15 @@ def write_bars(bars: pd.DataFrame, out_dir: Path, fmt: str = "csv") -> list[Path
         }
     )
     if fmt == "csv":
-        text_ts = pc.strftime(_whole_seconds(micros), format="%Y-%m-%dT%H:%M:%SZ")
+        text_ts = pc.strftime(_whole_seconds(micros), format=CSV_TIMESTAMP_FORMAT)
         table = table.set_column(1, "ts_utc", text_ts)
     elif fmt == "histdata":
         # the EST clock: UTC-5 shifted stamps, formatted as if they were UTC
-        text_ts = pc.strftime(_whole_seconds(local), format="%Y%m%d %H%M%S")
+        text_ts = pc.strftime(_whole_seconds(local), format=HISTDATA_TIMESTAMP_FORMAT)
         table = pa.table(
             {
                 "ts": text_ts,
-                **{name: _six_decimals(table[name]) for name in ("open", "high", "low", "close")},
+                **{name: _six_decimals(table[name]) for name in PRICE_COLUMNS},
                 "volume": table["volume"],
             }
         )
@@ -567,22 +591,23 @@ def write_bars(bars: pd.DataFrame, out_dir: Path, fmt: str = "csv") -> list[Path
     bounds = np.concatenate([[0], change, [len(pair)]])
     groups = list(zip(bounds[:-1], bounds[1:]))
     paths: list[Path] = []
-    header = (",".join(COLUMNS) + "\n").encode()
+    header = (CSV_HEADER + "\n").encode()
     for lo, hi in tqdm(groups, desc=f"writing {fmt}", unit="file", disable=len(groups) <= 8, file=sys.stderr):
-        path = out_dir / _month_file(fmt, pair[lo], month[lo])
+        name = _month_file(fmt, pair[lo], month[lo])
         part = table.slice(lo, hi - lo)
-        if fmt == "parquet":
-            pq.write_table(part, path)
-        elif fmt == "csv":
-            with open(path, "wb") as sink:
+        with safe_files.atomic_writer(out_fd, name) as sink:
+            if fmt == "parquet":
+                pq.write_table(part, sink)
+            elif fmt == "csv":
                 sink.write(header)
                 pacsv.write_csv(part, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
-        else:
-            with open(path, "wb") as sink:
+            else:
                 pacsv.write_csv(
-                    part, sink, pacsv.WriteOptions(include_header=False, delimiter=";", quoting_style="none")
+                    part,
+                    sink,
+                    pacsv.WriteOptions(include_header=False, delimiter=HISTDATA_DELIMITER, quoting_style="none"),
                 )
-        paths.append(path)
+        paths.append(out_dir / name)
     return paths
 
 

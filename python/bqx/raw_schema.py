@@ -25,9 +25,51 @@ from psycopg import errors, sql
 SCHEMA = "raw"
 BARS_TABLE = "m1_bars"
 
-# The rules a bar must satisfy; load.py enforces the same rules row by row (and names the one a
+# The widest limits of a plausible bar: the CHECK constraints of raw.m1_bars below, and the
+# bounds of the loader's configurable rules (bqx.load.rules), which may narrow them, never widen.
+# Prices: the 28 pairs trade between ~0.5 and ~300; these bounds keep every feature finite in
+# float8 (an index of close / baseline up to 1e9, its powers in REG, spread / close * 1e4).
+PRICE_MIN = 1e-4
+PRICE_MAX = 1e5
+# A bigint must hold volume² (volume_features squares it): √(2⁶³) ≈ 3.04e9; a minute's tick
+# volume is in the thousands.
+VOLUME_MAX = 1_000_000_000
+# Floating exchange rates start in the early 1970s; a CHECK cannot know "now" (its verdict must
+# not change with time), so the database stops at 2100 and the loader at now + a few minutes.
+EARLIEST_BAR = dt.datetime(1971, 1, 1, tzinfo=dt.UTC)
+LATEST_BAR = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)  # exclusive
+
+
+def _utc_literal(stamp: dt.datetime) -> str:
+    return f"'{stamp.strftime('%Y-%m-%d %H:%M:%S')}+00'"
+
+
+# The rules a bar must satisfy; the loader enforces the same rules row by row (and names the one a
 # rejected row broke), the constraints are the last line of defence for anyone writing directly.
-_BARS_DDL = """
+BAR_CONSTRAINTS: dict[str, str] = {
+    "m1_bars_prices_in_range": " and ".join(
+        f"{price} between {PRICE_MIN!r} and {PRICE_MAX!r}" for price in ("open", "high", "low", "close")
+    ),  # NaN compares above every number in PostgreSQL, so NaN and ±Infinity are out of range
+    "m1_bars_low_le_open_close": "low <= least(open, close)",
+    "m1_bars_high_ge_open_close": "high >= greatest(open, close)",
+    "m1_bars_volume_in_range": f"volume between 0 and {VOLUME_MAX}",
+    "m1_bars_spread_in_range": "spread is null or (spread >= 0 and spread <= close)",
+    # on the epoch, not date_trunc: date_trunc works in the session's zone, and zones with offsets
+    # in seconds (Africa/Monrovia until 1972) would disagree with the loader
+    "m1_bars_ts_whole_utc_minute": "extract(epoch from ts_utc) % 60 = 0",
+    "m1_bars_ts_in_range": f"ts_utc >= {_utc_literal(EARLIEST_BAR)} and ts_utc < {_utc_literal(LATEST_BAR)}",
+}
+# constraints of earlier versions, replaced by the ones above when a schema is upgraded
+OBSOLETE_BAR_CONSTRAINTS = (
+    "m1_bars_prices_positive",
+    "m1_bars_prices_finite",
+    "m1_bars_volume_non_negative",
+    "m1_bars_spread_non_negative",
+    "m1_bars_ts_whole_minute",
+)
+
+_BARS_DDL = (
+    """
 create table if not exists raw.m1_bars (
     pair        text             not null,
     ts_utc      timestamptz      not null,
@@ -40,17 +82,12 @@ create table if not exists raw.m1_bars (
     loaded_at   timestamptz      not null default now(),
     source_file text,
     constraint m1_bars_pkey primary key (pair, ts_utc),
-    constraint m1_bars_prices_positive check (open > 0 and high > 0 and low > 0 and close > 0),
-    constraint m1_bars_prices_finite check (
-        open < 'Infinity' and high < 'Infinity' and low < 'Infinity' and close < 'Infinity'
-    ),
-    constraint m1_bars_low_le_open_close check (low <= least(open, close)),
-    constraint m1_bars_high_ge_open_close check (high >= greatest(open, close)),
-    constraint m1_bars_volume_non_negative check (volume >= 0),
-    constraint m1_bars_spread_non_negative check (spread is null or (spread >= 0 and spread < 'Infinity')),
-    constraint m1_bars_ts_whole_minute check (date_trunc('minute', ts_utc) = ts_utc)
+"""
+    + ",\n".join(f"    constraint {name} check ({check})" for name, check in BAR_CONSTRAINTS.items())
+    + """
 ) partition by range (ts_utc)
 """
+)
 
 _REJECTS_DDL = """
 create table if not exists raw.m1_rejects (
@@ -233,9 +270,19 @@ _COMMENTS = [
     "comment on table raw.load_log is 'one row per file loaded by `bqx load`'",
 ]
 
+# A reject is recorded once: the same file name, line, rule and line text (a reload of an
+# unchanged file, or of one with lines appended, adds nothing; a changed line is a new reject).
+# md5 of the text: a line can be longer than an index entry may be.
+REJECTS_UNIQUE_INDEX = "m1_rejects_once"
+_REJECTS_UNIQUE_DDL = (
+    f"create unique index if not exists {REJECTS_UNIQUE_INDEX} on raw.m1_rejects "
+    "(source_file, line_number, reason, md5(coalesce(raw_text, '')))"
+)
+
 _INDEXES = [
     "create index if not exists m1_bars_history_pair_ts on raw.m1_bars_history (pair, ts_utc)",
     "create index if not exists m1_rejects_source_file on raw.m1_rejects (source_file, line_number)",
+    _REJECTS_UNIQUE_DDL,
 ]
 
 _IDEMPOTENT_RACE = (errors.DuplicateTable, errors.DuplicateObject, errors.DuplicateSchema, errors.UniqueViolation)
@@ -264,20 +311,111 @@ def raw_schema_exists(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def ensure_raw_schema(conn: psycopg.Connection) -> None:
-    """Create the `raw` schema and its four tables if missing (no partition: see below).
+def ensure_raw_schema(conn: psycopg.Connection) -> list[str]:
+    """Create the `raw` schema and its four tables if missing (no partition: see below), or bring
+    an existing one up to date (`upgrade_raw_schema`); return notes for the user.
 
     Concurrent callers are serialised by a transaction-scoped advisory lock (call it inside a
     transaction: the lock is held until the caller commits, and a waiter then finds the schema)."""
-    if not raw_schema_exists(conn):
-        conn.execute("select pg_advisory_xact_lock(hashtext('bqx.raw schema'))")
-        if not raw_schema_exists(conn):
+    if raw_schema_exists(conn):
+        notes = upgrade_raw_schema(conn)
+    else:
+        _lock_schema(conn)
+        if raw_schema_exists(conn):
+            notes = upgrade_raw_schema(conn)
+        else:
             _execute_tolerant(conn, "create schema if not exists raw")
             for ddl in (_BARS_DDL, _REJECTS_DDL, _HISTORY_DDL, _LOAD_LOG_DDL, *_INDEXES):
                 _execute_tolerant(conn, ddl)
             for comment in _COMMENTS:
                 conn.execute(comment)
+            notes = []
+    # every write to raw.m1_bars is recorded in raw.m1_changes (statement triggers)
     ensure_change_log(conn)
+    return notes
+
+
+def _lock_schema(conn: psycopg.Connection) -> None:
+    conn.execute("select pg_advisory_xact_lock(hashtext('bqx.raw schema'))")
+
+
+def _bar_constraint_names(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        "select conname from pg_constraint where conrelid = 'raw.m1_bars'::regclass and contype = 'c'"
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def _index_exists(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute(
+        "select count(*) from pg_indexes where schemaname = %s and indexname = %s", (SCHEMA, name)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _up_to_date(conn: psycopg.Connection) -> bool:
+    names = _bar_constraint_names(conn)
+    return set(BAR_CONSTRAINTS) <= names and not names & set(OBSOLETE_BAR_CONSTRAINTS) and _index_exists(
+        conn, REJECTS_UNIQUE_INDEX
+    )
+
+
+def upgrade_raw_schema(conn: psycopg.Connection) -> list[str]:
+    """Bring a raw schema made by an earlier version to this version's rules; return notes.
+
+    - raw.m1_bars gets the CHECK constraints of BAR_CONSTRAINTS that it lacks (which scans every
+      bar once) and loses the obsolete ones, in one step: if a stored bar breaks a new constraint,
+      nothing changes, and the note names the constraint, how many bars break it and the query
+      that lists them (the loader's rules still apply to every new row; delete or correct the bars
+      and the next load adds the constraints).
+    - raw.m1_rejects gets its unique key; rejects recorded more than once by earlier versions
+      (same file, line, rule and text) are deleted first, keeping the first of each.
+    A quick catalog check when the schema is up to date (every load calls this)."""
+    if _up_to_date(conn):
+        return []
+    _lock_schema(conn)
+    notes: list[str] = []
+    if not _index_exists(conn, REJECTS_UNIQUE_INDEX):
+        removed = conn.execute(
+            """
+            delete from raw.m1_rejects as later
+            using raw.m1_rejects as earlier
+            where later.reject_id > earlier.reject_id
+                and later.source_file is not distinct from earlier.source_file
+                and later.line_number is not distinct from earlier.line_number
+                and later.reason = earlier.reason
+                and md5(coalesce(later.raw_text, '')) = md5(coalesce(earlier.raw_text, ''))
+            """
+        ).rowcount
+        if removed > 0:
+            notes.append(f"removed {removed:,} rejects that an earlier version had recorded more than once")
+        _execute_tolerant(conn, _REJECTS_UNIQUE_DDL)
+    names = _bar_constraint_names(conn)
+    missing = {name: check for name, check in BAR_CONSTRAINTS.items() if name not in names}
+    obsolete = [name for name in OBSOLETE_BAR_CONSTRAINTS if name in names]
+    if not missing and not obsolete:
+        return notes
+    try:
+        with conn.transaction():
+            for name, check in missing.items():
+                conn.execute(
+                    sql.SQL("alter table raw.m1_bars add constraint {} check ({})").format(
+                        sql.Identifier(name), sql.SQL(check)
+                    )
+                )
+            for name in obsolete:
+                conn.execute(sql.SQL("alter table raw.m1_bars drop constraint {}").format(sql.Identifier(name)))
+    except errors.CheckViolation:
+        for name, check in missing.items():
+            query = sql.SQL("select count(*) from raw.m1_bars where not ({})").format(sql.SQL(check))
+            row = conn.execute(query).fetchone()
+            if row and row[0]:
+                notes.append(
+                    f"raw.m1_bars keeps the constraints of an earlier version: {row[0]:,} stored bars break "
+                    f"{name} (list them with: select * from raw.m1_bars where not ({check})); "
+                    "correct or delete them and the next bqx load adds the constraint"
+                )
+    return notes
 
 
 def _ensure_triggers_ddl() -> str:

@@ -69,7 +69,7 @@ def writer_lock(
     dsn: str, purpose: str, *, wait: bool = True, notify: Callable[[str], None] = _notify
 ) -> Iterator[psycopg.Connection]:
     """Hold the writer lock for the `with` block; yields the lock's connection (its backend pid
-    is what `bqx build` passes to its dbt as var bqx_writer_pid)."""
+    is what `bqx build` gives its dbt as the session setting bqx.writer_pid)."""
     name = f"bqx {purpose} (pid {os.getpid()})"
     conn = psycopg.connect(dsn, autocommit=True, application_name=name[:63])
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-
 from bqx import server
 from bqx.dbt import run_dbt
 
@@ -26,26 +24,13 @@ os.environ["PGTZ"] = "Asia/Kolkata"
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DSN of a database from which test databases are created and dropped."""
-    external = os.environ.get("BQX_PG_DSN")
-    if external:
-        yield external
-        return
-    home = tmp_path_factory.mktemp("pgserver")
-    cluster = server.cluster_for(home, port=_free_port())
-    server.start(cluster, link=home / ".bqx" / "pgdata", database="postgres")
-    try:
-        yield cluster.dsn("postgres")
-    finally:
-        server.destroy(cluster)
+    """DSN from which test databases are created and dropped: BQX_PG_DSN's server, or a
+    throw-away embedded one (password-authenticated project role with CREATEDB, database
+    `postgres`; destroyed with its service user at the end)."""
+    with server.scratch_server(tmp_path_factory.mktemp("pgserver")) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +47,21 @@ def database_factory(pg_admin_dsn: str) -> Iterator[Callable[[str], str]]:
     yield make
     for name in created:
         server.drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture(scope="module")
+def shared_dsn(database_factory: Callable[[str], str], request: pytest.FixtureRequest) -> str:
+    """One database for the test module, named after it (creating and dropping databases costs
+    checkpoints: a module shares one)."""
+    return database_factory(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+
+
+@pytest.fixture()
+def dsn(shared_dsn: str) -> str:
+    """The module's database without a `raw` schema: the test starts from a fresh database state."""
+    with psycopg.connect(shared_dsn, autocommit=True) as conn:
+        conn.execute("drop schema if exists raw cascade")
+    return shared_dsn
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +100,16 @@ def query_frame(dsn: str, sql: str, params: tuple | None = None) -> pd.DataFrame
         cur = conn.execute(sql, params)
         columns = [col.name for col in cur.description]
         return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+def table_columns(dsn: str, schema: str, table: str) -> list[str]:
+    """A table's (or view's) columns in their order."""
+    return query_frame(
+        dsn,
+        "select column_name from information_schema.columns "
+        "where table_schema = %s and table_name = %s order by ordinal_position",
+        (schema, table),
+    )["column_name"].tolist()
 
 
 # The small fixture every feature test reads: 4 pairs (a cross and its legs) over two weeks

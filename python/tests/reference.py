@@ -4,17 +4,16 @@ comparison with an exact reference (same NULLs; values within REL_TOL × the col
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from bqx.dbt import PROJECT_DIR
-from conftest import FIXTURE_PAIRS, query_frame
+import pytest
+from bqx.project import dbt_vars
+from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
 
 REL_TOL = 1e-9
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+VARS: dict = dbt_vars()
 SERIES_WINDOW: int = VARS["bqx_series_window"]
 DOMAINS = {"rate": 0, "bqx": SERIES_WINDOW}  # domain -> warm-up of its input series
 
@@ -82,14 +81,20 @@ def assert_windows_match(
 
 
 def assert_warm_up_then_values(
-    domain: str, merged: pd.DataFrame, windows: list[int], metrics: list[str], null_when_zero: dict[str, str]
+    domain: str,
+    merged: pd.DataFrame,
+    windows: list[int],
+    metrics: list[str],
+    null_when_zero: dict[str, str],
+    warmup_offset: int = -1,
 ) -> None:
-    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W - 1);
-    after it a metric may be NULL only where its `null_when_zero` column is exactly 0."""
+    """NULL on exactly the first warm-up bars of each pair (the series' own warm-up + W +
+    warmup_offset: W - 1 for a window of W values); after it a metric may be NULL only where its
+    `null_when_zero` column is exactly 0."""
     for pair in FIXTURE_PAIRS:
         rows = merged[merged["pair"] == pair]
         for w in windows:
-            warmup = DOMAINS[domain] + w - 1
+            warmup = DOMAINS[domain] + w + warmup_offset
             for metric in metrics:
                 values = rows[f"{metric}_w{w}"].to_numpy()
                 assert np.isnan(values[:warmup]).all(), f"{domain} {pair} {metric}_w{w}: value in the warm-up"
@@ -107,3 +112,58 @@ def flat_windows(y: np.ndarray, w: int) -> np.ndarray:
     windows = np.lib.stride_tricks.sliding_window_view(y, w)
     flat[w - 1 :] = (windows.max(axis=1) == windows.min(axis=1)) & ~np.isnan(windows).any(axis=1)
     return flat
+
+
+def domain_model_fixture(family: str, columns: Callable[[], list[str]]) -> Callable:
+    """The module fixture `built` of a family computed on both domains: (domain, the
+    <family>_<domain> model's rows joined to the series y it read), once per domain."""
+
+    @pytest.fixture(scope="module", params=list(DOMAINS), name="built")
+    def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataFrame]:
+        domain = request.param
+        return domain, model_with_series(wave1_dsn, f"{family}_{domain}", domain, columns())
+
+    return built
+
+
+def assert_every_window_matches(
+    family: str,
+    built: tuple[str, pd.DataFrame],
+    windows: list[int],
+    metrics: list[str],
+    reference: Callable[[np.ndarray, int, str], dict[str, np.ndarray]],
+) -> None:
+    """assert_windows_match of the built model against reference(y, W, domain); prints the worst
+    error per metric (pytest -s shows the precision the README quotes)."""
+    domain, merged = built
+    worst = assert_windows_match(f"{family}_{domain}", merged, windows, metrics, lambda y, w: reference(y, w, domain))
+    print(f"{family}_{domain}: max error / column max per metric {worst}")
+
+
+def flat_window_rows(
+    built: tuple[str, pd.DataFrame], windows: list[int], values_per_window: Callable[[int], int] = lambda w: w
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """Per window W: the rows of the fixture's flat pair whose window of values_per_window(W)
+    values is flat (asserting the stretch holds them all: rate the whole stretch, bqx the stretch
+    minus the series' own window); windows longer than the stretch are skipped."""
+    domain, merged = built
+    rows = merged[merged["pair"] == FLAT_PAIR]
+    y = rows["y"].to_numpy()
+    for w in windows:
+        values = values_per_window(w)
+        if values > FLAT_BARS - DOMAINS[domain]:
+            continue
+        flat = flat_windows(y, values)
+        assert flat.sum() >= FLAT_BARS - DOMAINS[domain] - values + 1, f"{domain} w{w}: flat windows missing"
+        yield w, rows[flat]
+
+
+def complete_windows(y: np.ndarray, w: int, metrics: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """What a window reference starts from: the output columns (NaN everywhere), the windows
+    y[t-w+1 .. t] holding w non-NaN values (one row each) and the position t each ends at."""
+    out = {metric: np.full(len(y), np.nan) for metric in metrics}
+    if len(y) < w:
+        return out, np.empty((0, w)), np.empty(0, dtype=int)
+    windows = np.lib.stride_tricks.sliding_window_view(y, w)
+    complete = ~np.isnan(windows).any(axis=1)
+    return out, windows[complete], np.flatnonzero(complete) + w - 1

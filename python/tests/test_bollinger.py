@@ -11,22 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 import talib
-import yaml
 
-from bqx.dbt import PROJECT_DIR
-from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
-from reference import (
-    DOMAINS,
-    VARS,
-    assert_matches,
-    assert_warm_up_then_values,
-    assert_windows_match,
-    domain_series,
-    flat_windows,
-    model_with_series,
-)
+from conftest import FIXTURE_PAIRS, query_frame
+from reference import VARS, assert_matches, complete_windows, domain_series, flat_window_rows
+from reference import assert_every_window_matches, assert_warm_up_then_values, domain_model_fixture
 
 WINDOWS: list[int] = VARS["bollinger_windows"]
 K: float = float(VARS["bollinger_k"])
@@ -37,22 +26,14 @@ def bollinger_columns() -> list[str]:
     return [f"{metric}_w{w}" for w in WINDOWS for metric in METRICS]
 
 
-
 def bollinger_reference(y: np.ndarray, w: int, domain: str) -> dict[str, np.ndarray]:
     """The five band columns of every window y[t-w+1 .. t], placed at t (NaN where not all w
     values exist; pctb NaN on flat windows)."""
-    n = len(y)
-    out = {metric: np.full(n, np.nan) for metric in METRICS}
-    if n < w:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(y, w)
-    complete = ~np.isnan(windows).any(axis=1)
-    values = windows[complete]
+    out, values, rows = complete_windows(y, w, METRICS)
     mid = values.mean(axis=1)
     sigma = np.std(values, axis=1, ddof=0)
     flat = values.max(axis=1) == values.min(axis=1)
     sigma[flat] = 0.0  # exactly (np.std of equal floats can be ~1e-15)
-    rows = np.flatnonzero(complete) + w - 1
     current = y[rows]
     out["bb_mid"][rows] = mid
     out["bb_upper"][rows] = mid + K * sigma
@@ -68,18 +49,11 @@ def bollinger_reference(y: np.ndarray, w: int, domain: str) -> dict[str, np.ndar
     return out
 
 
-
-@pytest.fixture(scope="module", params=list(DOMAINS))
-def built(request: pytest.FixtureRequest, wave1_dsn: str) -> tuple[str, pd.DataFrame]:
-    """(domain, the model's rows joined to its input series y)."""
-    domain = request.param
-    return domain, model_with_series(wave1_dsn, f"bollinger_{domain}", domain, bollinger_columns())
+built = domain_model_fixture("bollinger", bollinger_columns)
 
 
 def test_every_window_matches_numpy(built: tuple[str, pd.DataFrame]) -> None:
-    domain, merged = built
-    worst = assert_windows_match(f"bollinger_{domain}", merged, WINDOWS, METRICS, lambda y, w: bollinger_reference(y, w, domain))
-    print(f"bollinger_{domain}: max error / column max per metric {worst}")
+    assert_every_window_matches("bollinger", built, WINDOWS, METRICS, bollinger_reference)
 
 
 def test_rate_bands_match_talib(wave1_dsn: str) -> None:
@@ -108,26 +82,11 @@ def test_warm_up_is_null_then_values(built: tuple[str, pd.DataFrame]) -> None:
 
 def test_flat_stretch_collapses_the_bands(built: tuple[str, pd.DataFrame]) -> None:
     """The fixture's constant prices: upper = mid = lower, width exactly 0, pctb NULL."""
-    domain, merged = built
-    rows = merged[merged["pair"] == FLAT_PAIR]
-    y = rows["y"].to_numpy()
-    for w in WINDOWS:
-        flat = flat_windows(y, w)
-        assert flat.sum() >= FLAT_BARS - DOMAINS[domain] - w + 1, f"{domain} w{w}: flat windows missing"
-        flat_rows = rows[flat]
+    tested = 0
+    for w, flat_rows in flat_window_rows(built, WINDOWS):
+        tested += 1
         assert (flat_rows[f"bb_width_w{w}"] == 0).all()
         assert (flat_rows[f"bb_upper_w{w}"] == flat_rows[f"bb_lower_w{w}"]).all()
         assert (flat_rows[f"bb_mid_w{w}"] == flat_rows[f"bb_upper_w{w}"]).all()
         assert flat_rows[f"bb_pctb_w{w}"].isna().all()
-
-
-def test_yaml_documents_every_column() -> None:
-    """The YAML lists the columns generated from the vars, each described and tested."""
-    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "bollinger" / "bollinger.yml").read_text())
-    models = {model["name"]: model for model in doc["models"]}
-    assert set(models) == {"bollinger_rate", "bollinger_bqx"}
-    for model in models.values():
-        documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
-        assert documented == bollinger_columns()
-        for column in model["columns"]:
-            assert column.get("description"), column["name"]
+    assert tested == len(WINDOWS)

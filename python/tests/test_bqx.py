@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from bqx.dbt import PROJECT_DIR
-from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
+from bqx.project import dbt_vars
+from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame, table_columns
 
 REL_TOL = 1e-9
-VARS: dict = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+VARS: dict = dbt_vars()
 WINDOWS: list[int] = VARS["bqx_windows"]
 
 
@@ -66,13 +64,10 @@ def test_bqx_matches_numpy(wave1_dsn: str) -> None:
 
 
 def test_bqx_columns_follow_vars(wave1_dsn: str) -> None:
-    names = query_frame(
-        wave1_dsn,
-        "select column_name from information_schema.columns "
-        "where table_schema = 'features' and table_name = 'bqx' order by ordinal_position",
-    )["column_name"].tolist()
     # bar_number: m1_index's, carried for the bqx-domain models that read this table
-    assert names == ["pair", "ts_utc", "bar_number", *[f"bqx_w{w}" for w in WINDOWS]]
+    assert table_columns(wave1_dsn, "features", "bqx") == [
+        "pair", "ts_utc", "bar_number", *[f"bqx_w{w}" for w in WINDOWS]
+    ]
 
 
 def longest_flat_run(values: np.ndarray) -> tuple[int, int]:

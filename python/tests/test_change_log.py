@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import psycopg
+import pytest
 
 from bqx import raw_schema
 from bqx.load import load_frame
@@ -86,12 +87,51 @@ def test_every_kind_of_write_is_recorded(database_factory: Callable[[str], str])
         assert rows == [("AUDUSD", "attach by_hand", 1, False), (None, "truncate m1_bars_2024_07", 0, True)]
 
 
+def test_the_change_log_is_written_only_through_a_pinned_security_definer(
+    database_factory: Callable[[str], str],
+) -> None:
+    """What makes the change log unbypassable, read from the catalog (holds on any server): the
+    trigger function runs with its owner's rights and a pinned search_path, nobody but the owner
+    has a right on raw.m1_changes, and every partition carries the statement triggers."""
+    dsn = database_factory("changelog_catalog")
+    with psycopg.connect(dsn) as conn:
+        raw_schema.ensure_raw_schema(conn)
+        raw_schema.ensure_month_partitions(conn, [dt.date(2024, 7, 1)])
+        definer, config = conn.execute(
+            "select p.prosecdef, p.proconfig from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace "
+            "where n.nspname = 'raw' and p.proname = 'record_m1_changes'"
+        ).fetchone()
+        assert definer and any(setting.startswith("search_path=") for setting in config or [])
+        grants = conn.execute(
+            "select grantee, privilege_type from information_schema.role_table_grants "
+            "where table_schema = 'raw' and table_name = 'm1_changes' and grantee <> "
+            "(select pg_get_userbyid(relowner) from pg_class where oid = 'raw.m1_changes'::regclass)"
+        ).fetchall()
+        assert grants == []
+        triggered = conn.execute(
+            "select c.relname, count(t.tgname) from pg_class as c join pg_namespace as n on n.oid = c.relnamespace "
+            "left join pg_trigger as t on t.tgrelid = c.oid and not t.tgisinternal "
+            "where n.nspname = 'raw' and c.relkind in ('r', 'p') and c.relname like 'm1_bars%%' and c.relname <> 'm1_bars_history' "
+            "group by c.relname order by 1"
+        ).fetchall()
+        assert [name for name, _ in triggered] == ["m1_bars", "m1_bars_2024_07"]
+        assert all(count >= len(raw_schema._CHANGE_TRIGGERS) for _, count in triggered), triggered
+
+
 def test_a_writer_cannot_touch_the_change_log(database_factory: Callable[[str], str]) -> None:
     """The triggers write through a security-definer function: a role that may write bars but has
-    no right on raw.m1_changes still gets its writes recorded, and cannot erase them."""
+    no right on raw.m1_changes still gets its writes recorded, and cannot erase them. Needs a role
+    that may create roles: the embedded server's project role may not (least privilege, by
+    design), so there the catalog test above stands in for it; on BQX_PG_DSN's server as a
+    superuser or CREATEROLE role it runs."""
     dsn = database_factory("changelog_rights")
     role = "bqx_test_bar_writer"
     with psycopg.connect(dsn) as conn:
+        may_create_roles = conn.execute(
+            "select rolsuper or rolcreaterole from pg_roles where rolname = current_user"
+        ).fetchone()[0]
+        if not may_create_roles:
+            pytest.skip("the connected role may not create roles (the embedded server's project role)")
         raw_schema.ensure_raw_schema(conn)
         raw_schema.ensure_month_partitions(conn, [dt.date(2024, 7, 1)])
         conn.execute(f"drop role if exists {role}")

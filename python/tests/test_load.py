@@ -12,7 +12,6 @@ import gzip
 import json
 import threading
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +26,6 @@ from bqx.raw_schema import ensure_month_partitions, ensure_raw_schema
 
 HEADER = "pair,ts_utc,open,high,low,close,volume,spread"
 UTC = dt.timezone.utc
-
-
-@pytest.fixture(scope="module")
-def shared_dsn(database_factory: Callable[[str], str]) -> str:
-    """One database for the module (creating and dropping databases costs checkpoints)."""
-    return database_factory("load")
-
-
-@pytest.fixture()
-def dsn(shared_dsn: str) -> str:
-    """The module's database with no `raw` schema: every test starts from a fresh database state."""
-    with psycopg.connect(shared_dsn, autocommit=True) as conn:
-        conn.execute("drop schema if exists raw cascade")
-    return shared_dsn
 
 
 def good_lines(n: int, pair: str = "EURUSD", start: str = "2024-07-01T00:00:00Z", price: float = 1.1) -> list[str]:
@@ -98,6 +83,17 @@ BAD_ROWS = {
     "unparseable_row_text": "EURUSD,2024-07-01T01:00:00Z,abc,1.2,1.0,1.1,5,0.0001",
     "unparseable_row_volume": "EURUSD,2024-07-01T01:00:00Z,1.1,1.2,1.0,1.1,12.5,0.0001",
     "unparseable_row_empty": "EURUSD,2024-07-01T01:00:00Z,1.1,,1.0,1.1,5,0.0001",
+    # issue 9: values that used to pass and break the build, or abort the load
+    "bad_timestamp_year_10000": "EURUSD,10000-01-01T00:00:00Z,1.1,1.2,1.0,1.1,5,0.0001",
+    "timestamp_too_early": "EURUSD,0001-01-01T00:00:00Z,1.1,1.2,1.0,1.1,5,0.0001",
+    "timestamp_too_early_1900": "EURUSD,1900-01-01T00:00:00Z,1.1,1.2,1.0,1.1,5,0.0001",
+    "timestamp_in_future": "EURUSD,2100-01-01T00:00:00Z,1.1,1.2,1.0,1.1,5,0.0001",
+    "timestamp_in_future_9999": "EURUSD,9999-12-31T23:59:00Z,1.1,1.2,1.0,1.1,5,0.0001",
+    "price_out_of_range": "EURUSD,2024-07-01T01:00:00Z,1e308,1e308,1.0,1.1,5,0.0001",
+    "price_out_of_range_tiny": "EURUSD,2024-07-01T01:00:00Z,1e-320,1e-320,1e-320,1e-320,5,",
+    "volume_out_of_range": "EURUSD,2024-07-01T01:00:00Z,1.1,1.2,1.0,1.1,5000000000,0.0001",
+    "spread_out_of_range": "EURUSD,2024-07-01T01:00:00Z,1.1,1.2,1.0,1.1,5,1e308",
+    "spread_out_of_range_wider_than_price": "EURUSD,2024-07-01T01:00:00Z,1.1,1.2,1.0,1.1,5,2.5",
 }
 
 
@@ -181,7 +177,8 @@ def test_mixed_file_with_bad_rows_spread_out(dsn: str, tmp_path: Path) -> None:
     lines: list[object] = list(good)
     for offset, (pos, case) in enumerate(zip(positions, cases)):
         # other minutes than the good rows', so that no bad row is a duplicate of a good one
-        lines.insert(pos, (case, BAD_ROWS[case].replace("2024-07-01T01:00", f"2024-07-02T{offset:02d}:00")))
+        minute = f"2024-07-02T{offset // 60:02d}:{offset % 60:02d}"
+        lines.insert(pos, (case, BAD_ROWS[case].replace("2024-07-01T01:00", minute)))
     lines.insert(1000, "")  # a blank line shifts the physical line numbers below it
     expected = {i + 2: (row[1], reason_of(row[0])) for i, row in enumerate(lines) if isinstance(row, tuple)}
     path = write_csv(tmp_path / "mixed.csv", [row[1] if isinstance(row, tuple) else row for row in lines])
@@ -271,14 +268,14 @@ def test_a_file_is_loaded_whole_or_not_at_all(dsn: str, tmp_path: Path, monkeypa
     good = write_csv(tmp_path / "a_good.csv", good_lines(5))
     bad_row = "XAUUSD,2024-07-01T00:00:00Z,1,1,1,1,1,"
     broken = write_csv(tmp_path / "b_broken.csv", good_lines(5, pair="GBPUSD") + [bad_row])
-    real = loader._write_rejects
+    real = loader.write.write_rejects
 
-    def failing(conn: psycopg.Connection, records: list[tuple]) -> None:
+    def failing(conn: psycopg.Connection, records: list[tuple]) -> int:
         if records:
             raise RuntimeError("simulated crash after the bars were written")
-        real(conn, records)
+        return real(conn, records)
 
-    monkeypatch.setattr(loader, "_write_rejects", failing)
+    monkeypatch.setattr(loader.write, "write_rejects", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         load_paths(dsn, [good, broken], progress=False)
     assert fetch(dsn, "select distinct pair from raw.m1_bars") == [("EURUSD",)]
@@ -310,21 +307,24 @@ def test_histdata_is_est_and_takes_the_pair_from_the_file_name(dsn: str, tmp_pat
 def test_histdata_pair_from_option_and_error_without_one(dsn: str, tmp_path: Path) -> None:
     path = tmp_path / "export_202407.csv"
     path.write_text("20240701 000000;150.1;150.2;150.0;150.1;4\n")
-    with pytest.raises(LoadError, match="export_202407.csv.*--pair"):
-        load_paths(dsn, [path])
+    [skipped] = load_paths(dsn, [path]).skipped
+    assert skipped.file == str(path) and "--pair" in skipped.reason
     summary = load_paths(dsn, [path], fmt="histdata", pair="usdjpy")
     assert summary.rows_loaded == 1
     assert fetch(dsn, "select pair, ts_utc from raw.m1_bars") == [("USDJPY", dt.datetime(2024, 7, 1, 5, tzinfo=UTC))]
 
 
 def test_histdata_zip_download(dsn: str, tmp_path: Path) -> None:
-    """A HistData download as is: a zip holding the csv and a status .txt."""
+    """A HistData download as is: a zip holding the csv and a status .txt; a member that is not
+    bar data is skipped by itself."""
     archive = tmp_path / "HISTDATA_COM_ASCII_GBPUSD_M1202407.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("DAT_ASCII_GBPUSD_M1_202407.csv", "20240701 000000;1.26;1.27;1.25;1.26;0\n")
         zf.writestr("DAT_ASCII_GBPUSD_M1_202407.txt", "HistData.com status report\n")
+        zf.writestr("notes.csv", "hello\n")
     summary = load_paths(dsn, [archive])
     assert summary.rows_loaded == 1
+    assert [(s.file, s.reason.split(":")[0]) for s in summary.skipped] == [(f"{archive}!notes.csv", "not bar data")]
     assert fetch(dsn, "select pair from raw.m1_bars") == [("GBPUSD",)]
 
 
@@ -423,18 +423,23 @@ def test_timestamp_forms_and_offsets(dsn: str, tmp_path: Path) -> None:
 
 
 def test_format_errors_name_the_file(dsn: str, tmp_path: Path) -> None:
+    """A file that is not bar data is skipped with a reason that quotes none of its content."""
     odd = tmp_path / "odd.csv"
     odd.write_text("hello world\n1 2 3\n")
-    with pytest.raises(LoadError, match="odd.csv"):
-        load_paths(dsn, [odd])
     no_header = tmp_path / "noheader.csv"
     no_header.write_text("EURUSD,2024-07-01T00:00:00Z,1,1,1,1,1,\n")
-    with pytest.raises(LoadError, match="noheader.csv.*header"):
-        load_paths(dsn, [no_header], fmt="csv")
-    with pytest.raises(LoadError, match="no such file"):
-        load_paths(dsn, [tmp_path / "missing.csv"])
+    summary = load_paths(dsn, [odd, tmp_path / "missing.csv"])
+    reasons = {s.file: s.reason for s in summary.skipped}
+    assert set(reasons) == {str(odd), str(tmp_path / "missing.csv")}
+    assert "not bar data" in reasons[str(odd)] and "hello" not in reasons[str(odd)]
+    assert reasons[str(tmp_path / "missing.csv")] == "no such file or directory"
+    [skipped] = load_paths(dsn, [no_header], fmt="csv").skipped
+    assert "must start with the header" in skipped.reason and "EURUSD" not in skipped.reason
+    # what concerns the whole load stops it
     with pytest.raises(LoadError, match="not one of the 28"):
         load_paths(dsn, [odd], pair="XAUUSD")
+    with pytest.raises(LoadError, match="unknown format"):
+        load_paths(dsn, [odd], fmt="xlsx")
 
 
 # ---------------------------------------------------------------------------- partitions
@@ -487,16 +492,152 @@ def test_ensure_month_partitions_uses_utc_bounds(dsn: str, tmp_path: Path) -> No
 def test_constraints_guard_direct_writes(dsn: str, tmp_path: Path) -> None:
     load_paths(dsn, [write_csv(tmp_path / "one.csv", good_lines(1))])
     with psycopg.connect(dsn) as conn:
-        for values in [
-            "('EURUSD', '2024-07-01 00:05:30+00', 1.1, 1.2, 1.0, 1.1, 1, null)",
-            "('EURUSD', '2024-07-01 00:06+00', 1.1, 1.05, 1.0, 1.1, 1, null)",
-            "('EURUSD', '2024-07-01 00:07+00', 1.1, 1.2, 1.0, 1.1, -1, null)",
-            "('EURUSD', '2024-07-01 00:08+00', 1.1, 'NaN', 1.0, 1.1, 1, null)",
+        # partitions for the implausible years, so that the constraint (not the routing) refuses
+        ensure_month_partitions(conn, [dt.date(1900, 1, 1), dt.date(2100, 1, 1)])
+        for values, constraint in [
+            ("('EURUSD', '2024-07-01 00:05:30+00', 1.1, 1.2, 1.0, 1.1, 1, null)", "m1_bars_ts_whole_utc_minute"),
+            ("('EURUSD', '2024-07-01 00:06+00', 1.1, 1.05, 1.0, 1.1, 1, null)", "m1_bars_high_ge_open_close"),
+            ("('EURUSD', '2024-07-01 00:07+00', 1.1, 1.2, 1.0, 1.1, -1, null)", "m1_bars_volume_in_range"),
+            ("('EURUSD', '2024-07-01 00:07+00', 1.1, 1.2, 1.0, 1.1, 5000000000, null)", "m1_bars_volume_in_range"),
+            ("('EURUSD', '2024-07-01 00:08+00', 1.1, 'NaN', 1.0, 1.1, 1, null)", "m1_bars_prices_in_range"),
+            ("('EURUSD', '2024-07-01 00:08+00', 1.1, 1e308, 1.0, 1.1, 1, null)", "m1_bars_prices_in_range"),
+            ("('EURUSD', '2024-07-01 00:08+00', 1e-320, 1e-320, 1e-320, 1e-320, 1, null)", "m1_bars_prices_in_range"),
+            ("('EURUSD', '2024-07-01 00:09+00', 1.1, 1.2, 1.0, 1.1, 1, 2.5)", "m1_bars_spread_in_range"),
+            ("('EURUSD', '2024-07-01 00:09+00', 1.1, 1.2, 1.0, 1.1, 1, 'Infinity')", "m1_bars_spread_in_range"),
+            ("('EURUSD', '1900-01-01 00:00+00', 1.1, 1.2, 1.0, 1.1, 1, null)", "m1_bars_ts_in_range"),
+            ("('EURUSD', '2100-01-01 00:00+00', 1.1, 1.2, 1.0, 1.1, 1, null)", "m1_bars_ts_in_range"),
         ]:
-            with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+            with pytest.raises(psycopg.errors.CheckViolation, match=constraint), conn.transaction():
                 conn.execute(
                     f"insert into raw.m1_bars (pair, ts_utc, open, high, low, close, volume, spread) values {values}"
                 )
+
+
+def test_the_rules_and_the_constraints_agree_at_the_limits(dsn: str, tmp_path: Path) -> None:
+    """The loader accepts the database's limits themselves, and the database accepts them too."""
+    rows = [
+        "EURUSD,1971-01-01T00:00:00Z,1.1,1.2,1.0,1.1,1,",
+        "EURUSD,2024-07-01T00:00:00Z,0.0001,0.0001,0.0001,0.0001,1000000000,0.0001",
+        "USDJPY,2024-07-01T00:00:00Z,100000,100000,100000,100000,0,",
+    ]
+    summary = load_paths(dsn, [write_csv(tmp_path / "limits.csv", rows)])
+    assert (summary.rows_loaded, summary.rows_rejected, summary.skipped) == (3, 0, [])
+
+
+def test_plausible_ranges_are_configurable_within_the_databases_limits(dsn: str, tmp_path: Path) -> None:
+    now = dt.datetime.now(UTC).replace(second=0, microsecond=0)
+    soon = (now + dt.timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (now + dt.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows = [
+        f"EURUSD,{soon},1.1,1.2,1.0,1.1,1,",  # 3 minutes ahead: a clock a little ahead is tolerated
+        f"EURUSD,{later},1.1,1.2,1.0,1.1,1,",  # 10 minutes ahead: a bar from the future
+        "EURUSD,2024-07-01T00:00:00Z,0.9,1.2,0.9,1.1,1,",
+    ]
+    path = write_csv(tmp_path / "future.csv", rows)
+    summary = load_paths(dsn, [path])
+    assert (summary.rows_loaded, summary.rejected_by_reason) == (2, {"timestamp_in_future": 1})
+    [(line, detail)] = fetch(dsn, "select line_number, detail from raw.m1_rejects")
+    assert line == 3 and "a bar cannot come from the future" in detail
+    # narrower: no minute ahead, prices from 1.0
+    strict = loader.PlausibleRanges(min_price=1.0, future_minutes=0)
+    again = load_paths(dsn, [write_csv(tmp_path / "strict.csv", rows)], ranges=strict)
+    assert again.rejected_by_reason == {"timestamp_in_future": 2, "price_out_of_range": 1}
+    # wider than the database accepts, or nonsense: the whole load stops before anything
+    for bad in ({"max_price": 1e6}, {"min_price": 1e-6}, {"min_price": 2.0, "max_price": 1.0}, {"future_minutes": -1}):
+        with pytest.raises(LoadError):
+            loader.PlausibleRanges(**bad)
+
+
+def test_histdata_year_10000_is_a_row_reject_not_an_abort(dsn: str, tmp_path: Path) -> None:
+    """9999-12-31 23:59 EST is 10000-01-01 04:59 UTC: beyond Python's datetime, rejected by row."""
+    path = tmp_path / "DAT_ASCII_EURUSD_M1_202407.csv"
+    path.write_text(
+        "20240701 000000;1.071230;1.071500;1.071000;1.071400;0\n"
+        "99991231 235900;1.071400;1.071600;1.071300;1.071500;3\n"
+        "20240701 000200;1.071400;1.071600;1.071300;1.071500;3\n"
+    )
+    summary = load_paths(dsn, [path])
+    assert (summary.rows_loaded, summary.rejected_by_reason) == (2, {"timestamp_in_future": 1})
+    [(line, detail)] = fetch(dsn, "select line_number, detail from raw.m1_rejects")
+    assert line == 2 and "10000-01-01 04:59:00 UTC" in detail
+
+
+def test_implausible_years_create_no_partition(dsn: str, tmp_path: Path) -> None:
+    rows = [
+        "EURUSD,0001-01-01T00:00:00Z,1.1,1.2,1.0,1.1,1,",
+        "EURUSD,1900-01-01T00:00:00Z,1.1,1.2,1.0,1.1,1,",
+        "EURUSD,2100-01-01T00:00:00Z,1.1,1.2,1.0,1.1,1,",
+        "EURUSD,2024-07-01T00:00:00Z,1.1,1.2,1.0,1.1,1,",
+    ]
+    summary = load_paths(dsn, [write_csv(tmp_path / "years.csv", rows)])
+    assert summary.rejected_by_reason == {"timestamp_too_early": 2, "timestamp_in_future": 1}
+    partitions = fetch(dsn, "select relname from pg_class where relname like 'm1\\_bars\\_____\\___' order by 1")
+    assert partitions == [("m1_bars_2024_07",)]
+
+
+def test_reloading_a_file_records_each_reject_once(dsn: str, tmp_path: Path) -> None:
+    lines = good_lines(10)
+    lines[3] = "EURUSD,2024-07-01T00:03:00Z,1.1,1.2,1.0,1.1,-5,"  # negative volume
+    lines[6] = "EURUSD,2024-07-01T00:06:00Z,1e308,1e308,1.0,1.1,5,"  # price out of range
+    path = write_csv(tmp_path / "bars.csv", lines)
+    first = load_paths(dsn, [path])
+    stored = fetch(dsn, "select reject_id, line_number, reason from raw.m1_rejects order by reject_id")
+    second = load_paths(dsn, [path])
+    assert (first.rows_rejected, first.rejects_recorded) == (2, 2)
+    assert (second.rows_rejected, second.rejects_recorded) == (2, 0)
+    assert "2 of them recorded there by an earlier load" in format_summary(second)
+    assert fetch(dsn, "select reject_id, line_number, reason from raw.m1_rejects order by reject_id") == stored
+    # the file changed: the line that changed is a new reject, the unchanged one is not
+    lines[3] = "EURUSD,2024-07-01T00:03:00Z,1.1,1.2,1.0,1.1,-6,"
+    third = load_paths(dsn, [write_csv(path, lines)])
+    assert third.rejects_recorded == 1
+    assert fetch(dsn, "select line_number, count(*) from raw.m1_rejects group by 1 order by 1") == [(5, 2), (8, 1)]
+
+
+def bar_constraints(dsn: str) -> set[str]:
+    sql = "select conname from pg_constraint where conrelid = 'raw.m1_bars'::regclass and contype = 'c'"
+    return {name for (name,) in fetch(dsn, sql)}
+
+
+def test_an_earlier_raw_schema_is_upgraded(dsn: str, tmp_path: Path) -> None:
+    """A raw schema of the previous version (weaker constraints, rejects recorded twice) gets the
+    new constraints and loses its duplicate rejects on the next load; while a stored bar breaks a
+    new constraint, it keeps the old ones and the summary says which bars to look at."""
+    from bqx import raw_schema
+
+    path = write_csv(tmp_path / "bars.csv", good_lines(3) + ["EURUSD,2024-07-01T09:00:00Z,1,1,1,1,-1,"])
+    load_paths(dsn, [path])
+    with psycopg.connect(dsn) as conn:  # back to the previous version's schema, with its duplicates
+        for name in set(raw_schema.BAR_CONSTRAINTS) - {"m1_bars_low_le_open_close", "m1_bars_high_ge_open_close"}:
+            conn.execute(f"alter table raw.m1_bars drop constraint {name}")
+        conn.execute("alter table raw.m1_bars add constraint m1_bars_prices_positive check (open > 0)")
+        conn.execute("drop index raw.m1_rejects_once")
+        conn.execute(
+            "insert into raw.m1_rejects (source_file, line_number, raw_text, reason, detail) "
+            "select source_file, line_number, raw_text, reason, detail from raw.m1_rejects"
+        )
+        ensure_month_partitions(conn, [dt.date(2100, 1, 1)])
+        conn.execute(
+            "insert into raw.m1_bars (pair, ts_utc, open, high, low, close, volume) "
+            "values ('EURUSD', '2100-01-01 00:00+00', 1.1, 1.2, 1.0, 1.1, 1)"
+        )
+
+    held_back = load_paths(dsn, [path])
+
+    removed, kept = held_back.notes
+    assert removed == "removed 1 rejects that an earlier version had recorded more than once"
+    assert "1 stored bars break m1_bars_ts_in_range" in kept and "note: raw.m1_bars keeps" in format_summary(held_back)
+    assert "m1_bars_prices_positive" in bar_constraints(dsn) and "m1_bars_ts_in_range" not in bar_constraints(dsn)
+    assert fetch(dsn, "select count(*) from raw.m1_rejects") == [(1,)]
+    assert held_back.rows_unchanged == 3  # the loader's own rules applied all along
+    with psycopg.connect(dsn) as conn:
+        conn.execute("delete from raw.m1_bars where ts_utc >= '2100-01-01'")
+
+    upgraded = load_paths(dsn, [path])
+
+    assert upgraded.notes == []
+    assert bar_constraints(dsn) == set(raw_schema.BAR_CONSTRAINTS)
+    assert fetch(dsn, "select count(*) from raw.m1_rejects") == [(1,)]
 
 
 def test_concurrent_loads_of_the_same_new_month(dsn: str, tmp_path: Path) -> None:

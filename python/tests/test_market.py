@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
-import yaml
 
-from bqx.dbt import PROJECT_DIR
+from bqx.catalog import feature_catalog
 from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
 from reference import VARS, assert_matches
 
@@ -175,13 +173,12 @@ def data_quality_reference(bars: pd.DataFrame, spans: dict[str, int]) -> dict[st
 
 
 def gap_spans() -> dict[str, int]:
-    """Bars read by each window family's longest feature (see macros/features/data_quality.yml)."""
-    series = VARS["bqx_series_window"]
+    """Bars each gap flag covers, from the catalog (the registry's window spans: a flag's warm-up
+    is its span - 1); test_catalog checks the spans against the families' own warm-ups."""
     return {
-        "bqx": max(VARS["bqx_windows"]) + 1,
-        "reg": max(VARS["reg_windows"]) + series,
-        "bollinger": max(VARS["bollinger_windows"]) + series,
-        "rolling": max(VARS["rolling_windows"]) + series,
+        feature.column.removeprefix("gap_in_").removesuffix("_window"): feature.warmup_bars + 1
+        for feature in feature_catalog().features
+        if feature.family == "data_quality" and feature.column.startswith("gap_in_")
     }
 
 
@@ -300,22 +297,3 @@ def test_weekend_counts_as_a_gap(wave1_dsn: str) -> None:
     )
     assert len(frame) >= len(FIXTURE_PAIRS)  # one weekend per pair at least
     assert frame["gap_in_bqx_window"].dropna().all() and frame["gap_in_reg_window"].dropna().all()
-
-
-@pytest.mark.parametrize(
-    ("yaml_file", "columns"),
-    [
-        ("volume_features.yml", volume_columns),
-        ("spread_features.yml", spread_columns),
-        ("data_quality_features.yml", data_quality_columns),
-    ],
-)
-def test_yaml_documents_every_column(yaml_file: str, columns) -> None:
-    """The YAML lists the columns the macros generate from the vars (so a changed var that
-    leaves the docs behind fails here)."""
-    doc = yaml.safe_load((PROJECT_DIR / "models" / "features" / "market" / yaml_file).read_text())
-    (model,) = doc["models"]
-    documented = [column["name"] for column in model["columns"] if column["name"] not in ("pair", "ts_utc")]
-    assert documented == columns()
-    for column in model["columns"]:
-        assert column.get("description"), column["name"]

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
-from reference import REL_TOL, VARS, SERIES_WINDOW, DOMAINS
+from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame, table_columns
+from reference import DOMAINS, REL_TOL, SERIES_WINDOW, VARS, complete_windows
 from test_bqx import longest_flat_run
 
 WINDOWS: list[int] = VARS["reg_windows"]
@@ -46,13 +46,7 @@ def reg_frame(dsn: str, domain: str) -> pd.DataFrame:
 def polyfit_reference(y: np.ndarray, window: int, relative_endpoint: bool) -> dict[str, np.ndarray]:
     """The six REG values of every window y[t-W+1 .. t] with W values, placed at t (NaN elsewhere;
     r2 NaN on flat windows)."""
-    n = len(y)
-    out = {metric: np.full(n, np.nan) for metric in METRICS}
-    if n < window:
-        return out
-    windows = np.lib.stride_tricks.sliding_window_view(y, window)
-    complete = ~np.isnan(windows).any(axis=1)
-    values = windows[complete]
+    out, values, rows = complete_windows(y, window, METRICS)
     if len(values) == 0:
         return out
     x = np.arange(-(window - 1), 1, dtype=np.float64)
@@ -64,7 +58,6 @@ def polyfit_reference(y: np.ndarray, window: int, relative_endpoint: bool) -> di
     flat = values.max(axis=1) == values.min(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         r2 = np.where(flat, np.nan, 1.0 - sse / sst)
-    rows = np.flatnonzero(complete) + window - 1
     out["a"][rows] = np.where(flat, 0.0, a)
     out["b"][rows] = np.where(flat, 0.0, b)
     out["c"][rows] = c
@@ -122,12 +115,7 @@ def test_reg_warmup_is_exact(wave1_dsn: str, domain: str) -> None:
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
 def test_reg_columns_follow_vars(wave1_dsn: str, domain: str) -> None:
-    names = query_frame(
-        wave1_dsn,
-        "select column_name from information_schema.columns "
-        f"where table_schema = 'features' and table_name = 'reg_{domain}' order by ordinal_position",
-    )["column_name"].tolist()
-    assert names == ["pair", "ts_utc", *reg_columns()]
+    assert table_columns(wave1_dsn, "features", f"reg_{domain}") == ["pair", "ts_utc", *reg_columns()]
 
 
 @pytest.mark.parametrize("domain", list(DOMAINS))

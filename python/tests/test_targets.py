@@ -8,14 +8,12 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
-from bqx.dbt import PROJECT_DIR
 from bqx.load import load_frame
+from bqx.project import dbt_vars
 from conftest import FIXTURE_PAIRS, query_frame
 from model_compare import assert_same_values
 
-HORIZONS: list[int] = yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]["target_horizons"]
+HORIZONS: list[int] = dbt_vars()["target_horizons"]
 TARGET_COLUMNS = [f"target_bqx_h{h}" for h in HORIZONS]
 REL_TOL = 1e-9
 

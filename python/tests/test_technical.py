@@ -8,25 +8,20 @@ the models document. The flat GBPUSD stretch must give TA-Lib's values, never an
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
 import talib
-import yaml
+
+from bqx.project import dbt_vars
 from conftest import FIXTURE_PAIRS, FLAT_BARS, FLAT_PAIR, query_frame
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-9  # of the column's largest |value| on the pair
 
 
-def project_vars() -> dict:
-    return yaml.safe_load((PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
-
-
-VARS = project_vars()
+VARS = dbt_vars()
 ADX = VARS["adx_period"]
 CCI = VARS["cci_period"]
 

@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 -- Bollinger bands of the BQX series bqx_w{var('bqx_series_window')} per window W of
 -- var('bollinger_windows'), width absolute (the series crosses 0): the maths is in
 -- macros/features/bollinger.sql.

@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 -- Bollinger bands of the rate index close_idx per window W of var('bollinger_windows'), width
 -- relative to the mid: the maths is in macros/features/bollinger.sql.
 with source_rows as (

@@ -1,8 +1,3 @@
-{{ config(indexes=[
-    {'columns': ['pair', 'ts_utc'], 'unique': true},
-    {'columns': ['pair', 'bar_number'], 'unique': true},
-]) }}
-
 -- BQX momentum of the rate index close_idx per window W of var('bqx_windows'): the maths is in
 -- macros/features/bqx.sql.
 with source_rows as (

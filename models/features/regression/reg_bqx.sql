@@ -1,7 +1,3 @@
-{{ config(
-    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
-) }}
-
 -- Quadratic regressions of the BQX series bqx_w{var('bqx_series_window')} over the W bars ending at
 -- t, per window W of var('reg_windows'), endpoint as a difference: the maths is in
 -- macros/features/regression.sql.

@@ -1,7 +1,3 @@
-{{ config(
-    indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}],
-) }}
-
 -- Quadratic regressions of the rate index close_idx over the W bars ending at t, per window W of
 -- var('reg_windows'), endpoint as a ratio: the maths is in macros/features/regression.sql.
 with source_rows as (

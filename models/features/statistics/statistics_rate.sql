@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 -- Rolling mean, std, skew, kurt, min and max of the rate index close_idx per window W of
 -- var('rolling_windows'): the maths is in macros/features/statistics.sql.
 with source_rows as (

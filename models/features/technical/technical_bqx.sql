@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 {%- set series = 'bqx_w' ~ var('bqx_series_window') %}
 
 -- TA-Lib's indicators on the BQX series (high = low = close = the series; maths:

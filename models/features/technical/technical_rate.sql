@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 -- TA-Lib's indicators on the rate index (maths: macros/features/technical.sql). The recursive
 -- smoothers restart var('smoother_lookback_bars') bars before the first new bar.
 with source_rows as (

@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 -- No window: lookback 0 (incremental runs read only the rows they write).
 with source_rows as (
     {{ incremental_rows(ref('m1_index'), ['pair', 'ts_utc'], lookback_bars=0, forward_bars=0) }}

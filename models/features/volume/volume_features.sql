@@ -1,5 +1,3 @@
-{{ config(indexes=[{'columns': ['pair', 'ts_utc'], 'unique': true}]) }}
-
 with source_rows as (
     {{ incremental_rows(
         ref('m1_index'),
