@@ -32,19 +32,22 @@
 {%- set columns = feature_model_columns(model_name) if execute else [] -%}
 {%- set bar_positions = ref('m1_index') -%}  {#- outside the branch: dbt infers the dependency at parse -#}
 with numbered_bars as (
+    {%- if written_only %}
+    -- the written rows' subquery is aliased as the model already
     select
-        model_rows.*,
-        {%- if written_only %}
+        {{ model_name }}.*,
         -- the bar's absolute position in its pair (m1_index.bar_number is 0-based); NULL when
         -- m1_index has no such bar
         positions.bar_number + 1 as bar_position
-    from {{ model }} as model_rows
+    from {{ model }}
     left join {{ bar_positions }} as positions
-        on model_rows.pair = positions.pair and model_rows.ts_utc = positions.ts_utc
-        {%- else %}
+        on {{ model_name }}.pair = positions.pair and {{ model_name }}.ts_utc = positions.ts_utc
+    {%- else %}
+    select
+        model_rows.*,
         row_number() over (partition by model_rows.pair order by model_rows.ts_utc) as bar_position
     from {{ model }} as model_rows
-        {%- endif %}
+    {%- endif %}
 ),
 
 bar_failures as (
