@@ -101,7 +101,7 @@
     `input` is the model read (a relation with bar_number), or none for m1_index (reads raw).
 -#}
 {% macro prepare_increment(input, lookback_bars=0, grid_bars=1, reference_bars=0, forward_bars=none,
-                           back_bars=0, read_ahead_bars=0) -%}
+                           back_bars=0, read_ahead_bars=0, moving_columns=none) -%}
 {%- if not increment_executing() -%}
     {{ return(none) }}
 {%- endif -%}
@@ -282,7 +282,8 @@ left join lateral bqx_functions.increment_bounds(
     {{ reference_bars }},
     {{ 'null' if forward_bars is none else forward_bars }},
     {{ back_bars }},
-    {{ read_ahead_bars }}
+    {{ read_ahead_bars }},
+    {{ sql_text_array(moving_columns) }}
 ) as bounds on changed_ranges.changed_from is not null;
 {%- endif %}
 
@@ -297,7 +298,7 @@ analyze {{ increment_table() }}
     written), after prepare_increment() with the same arguments. A full build reads every row.
 -#}
 {% macro incremental_rows(upstream, columns, lookback_bars, grid_bars=1, reference_bars=0,
-                          forward_bars=none, back_bars=0, read_ahead_bars=0) -%}
+                          forward_bars=none, back_bars=0, read_ahead_bars=0, moving_columns=none) -%}
 {#- forward_bars: 'end' (the rows after a changed bar all depend on it: recursive smoothers,
     run lengths), or a number; by default the rows whose history includes a changed bar: the
     lookback plus two grid blocks (a block-restarted sum carries a change to its block's end). -#}
@@ -310,11 +311,11 @@ analyze {{ increment_table() }}
 {%- endif -%}
 {%- do prepare_increment(upstream, lookback_bars=lookback_bars, grid_bars=grid_bars,
         reference_bars=reference_bars, forward_bars=forward, back_bars=back_bars,
-        read_ahead_bars=read_ahead_bars) -%}
+        read_ahead_bars=read_ahead_bars, moving_columns=moving_columns) -%}
 {%- set increment = {
     'input': upstream | string, 'lookback_bars': lookback_bars, 'grid_bars': grid_bars,
     'reference_bars': reference_bars, 'forward_bars': forward, 'back_bars': back_bars,
-    'read_ahead_bars': read_ahead_bars,
+    'read_ahead_bars': read_ahead_bars, 'moving_columns': moving_columns,
 } -%}
 /* bqx increment {{ tojson(increment) }} (read by `bqx audit`) */
 select
@@ -333,6 +334,16 @@ where increment_bounds.recompute
     true as is_new
 from {{ upstream }} as upstream_rows
     {%- endif %}
+{%- endmacro %}
+
+
+{#- A text[] literal of `names` (column names), or null. -#}
+{% macro sql_text_array(names) -%}
+    {%- if names is none -%}
+        null::text[]
+    {%- else -%}
+        array[{%- for name in names -%}'{{ name }}'{{ ", " if not loop.last }}{%- endfor -%}]::text[]
+    {%- endif -%}
 {%- endmacro %}
 
 

@@ -148,7 +148,7 @@ def _bounds_sql(model: CompiledModel) -> sql.Composed:
         "bounds.read_to_ts "
         "from audit_ranges as ranges "
         "cross join lateral bqx_functions.increment_bounds({input}::regclass, ranges.pair, ranges.from_ts, "
-        "ranges.to_ts, {lookback}, {grid}, {reference}, 0, 0, {ahead}) as bounds"
+        "ranges.to_ts, {lookback}, {grid}, {reference}, 0, 0, {ahead}, {moving}::text[]) as bounds"
     ).format(
         table=table,
         input=sql.Literal(p["input"].replace('"', "")),
@@ -156,6 +156,7 @@ def _bounds_sql(model: CompiledModel) -> sql.Composed:
         grid=sql.Literal(int(p["grid_bars"])),
         reference=sql.Literal(int(p["reference_bars"])),
         ahead=sql.Literal(int(p["read_ahead_bars"])),
+        moving=sql.Literal(p.get("moving_columns")),
     )
 
 

@@ -163,3 +163,34 @@ def test_models_land_in_their_own_schema(wave1_dsn: str, schema: str) -> None:
         (schema,),
     )["n"].iloc[0]
     assert found > 0
+
+
+LONG_FLAT_BARS = 3500  # longer than smoother_lookback_bars (2000) by more than a day's increment
+
+
+def test_a_restart_inside_a_flat_run_longer_than_the_smoothers_lookback_equals_a_full_refresh(
+    database_factory: Callable[[str], str], dbt_runner: Callable[..., None], fixture_bars: pd.DataFrame
+) -> None:
+    """A constant price for 3500 bars, built up to 2600 bars into the run, then to the end: the
+    increment's smoothers must not restart on flat bars only (0/0: RSI and ±DI 0, ADX frozen)
+    but keep the ratios of the last move, as a full build and TA-Lib do."""
+    bars = fixture_bars[fixture_bars["pair"] == "GBPUSD"].reset_index(drop=True)
+    flat = bars.index[3000 : 3000 + LONG_FLAT_BARS]
+    bars.loc[flat, ["open", "high", "low", "close"]] = bars.loc[flat[0], "close"]
+    split = bars.loc[flat[0] + 2600, "ts_utc"]
+    # one pair, the fixture's first half only before the split: a baseline at its start
+    models = ("--select", "+technical_rate", "+technical_bqx", "--vars", '{"baseline_date": "2024-06-24"}')
+    full = database_factory("flat_full")
+    load_frame(full, bars, "all")
+    dbt_runner(full, "run", *models)
+    staged = database_factory("flat_staged")
+    load_frame(staged, bars[bars["ts_utc"] < split], "into the flat run")
+    dbt_runner(staged, "run", *models)
+    load_frame(staged, bars[bars["ts_utc"] >= split], "the rest")
+    dbt_runner(staged, "run", *models)
+    for table in ("features.technical_rate", "features.technical_bqx"):
+        after = f"ts_utc >= '{split.isoformat()}'"
+        rows = table_rows(full, table, after)
+        # the case is real: the full build's ratios after the split are not 0 (the last move's)
+        assert (rows["rsi_14"].dropna() > 0).all() and rows["plus_di_14"].notna().any(), table
+        assert_same_values(table_rows(staged, table, after), rows, table, rel_tol=0.0)

@@ -10,6 +10,7 @@ with source_rows as (
         ['pair', 'ts_utc', series],
         lookback_bars=var('smoother_lookback_bars'),
         forward_bars='end',
+        moving_columns=[series],
     ) }}
 ),
 
