@@ -121,11 +121,15 @@ def run_build(dsn: str, options: BuildOptions, *, target_path: Path | None = Non
             "full_tests": True if options.full_tests else None,
         }
         args = merge_vars(build_arguments(options.dbt_args), extra)
-        # the models of this dbt skip the shared writer lock that this process holds exclusively
-        # (macros/incremental/build_state.sql, writer_lock_shared)
-        done = run_dbt(
-            args, dsn, target_path=target_path, session_settings={"bqx.writer_pid": str(lock.info.backend_pid)}
-        )
+        settings = {
+            # the models of this dbt skip the shared writer lock that this process holds
+            # exclusively (macros/incremental/build_state.sql, writer_lock_shared)
+            "bqx.writer_pid": str(lock.info.backend_pid),
+            # a build killed mid-query stops its server work within a second instead of running
+            # the query to its end (then `bqx status` says it did not finish)
+            "client_connection_check_interval": "1000",
+        }
+        done = run_dbt(args, dsn, target_path=target_path, session_settings=settings)
         target = target_path or Path(os.environ.get("DBT_TARGET_PATH", PROJECT_DIR / "target"))
         invocation = _invocation_id(target)
         if invocation:

@@ -156,7 +156,8 @@ def test_builds_and_a_load_during_a_build_queue_and_end_equal_to_a_full_refresh(
     ts = fixture_bars["ts_utc"]
     final = fixture_bars[(ts >= LAST_DAY) | (ts == CORRECTED) | ((ts == another) & (fixture_bars["pair"] == "USDJPY"))]
     final.to_parquet(last_day)
-    no_tests = ("--", "--exclude", "resource_type:test")  # the queueing is the point here, not the tests
+    no_tests = ("--exclude", "resource_type:test")  # the queueing is the point here, not the tests
+    runs_before = len(query_frame(ops_dsn, "select invocation_id from build_state.runs"))
     build_a = _bqx("build", *no_tests, dsn=ops_dsn, target=tmp_path / "a")
     _wait_for(lambda: _build_running(ops_dsn) and _models_done(ops_dsn) >= 1, "build A's first model")
     during = status(ops_dsn)
@@ -177,9 +178,18 @@ def test_builds_and_a_load_during_a_build_queue_and_end_equal_to_a_full_refresh(
     assert "waiting for the database's writer lock, held by bqx" in outputs["b"]
     assert "bqx build success" in outputs["b"] and "rows written" in outputs["b"]
     runs = query_frame(ops_dsn, "select started_at, finished_at from build_state.runs order by started_at")
-    loads = query_frame(ops_dsn, "select started_at, finished_at from raw.load_log where file like %s", ("%last_day%",))
-    b = runs.iloc[-1]
-    assert loads["finished_at"].max() <= b["started_at"]  # B queued behind the load
+    assert len(runs) == runs_before + 2, runs
+    a, b = runs.iloc[-2], runs.iloc[-1]
+    # the file's own row, matched exactly: a LIKE '%last_day%' also matched the fixture's load
+    # "all but the last day" (`_` matches any character), a row from before build A began, which
+    # is what once looked like a load interleaved with A
+    loads = query_frame(
+        ops_dsn, "select started_at, finished_at from raw.load_log where file = %s", (str(last_day),)
+    )
+    assert len(loads) == 1, loads
+    load_row = loads.iloc[0]
+    assert a["finished_at"] <= load_row["started_at"], (a, load_row)  # the load waited for A to end
+    assert load_row["finished_at"] <= b["started_at"], (load_row, b)  # B queued behind the load
     assert_same_tables(ops_dsn, wave1_dsn, "after builds and a load in between")
     after = format_status(status(ops_dsn))
     assert "last build (incremental" in after and "rows behind" in after
@@ -201,8 +211,8 @@ def test_a_build_killed_early_midway_or_in_its_tests_then_a_build_equals_a_full_
         _wait_for(reached, f"the build's {moment} moment", timeout=900)
         os.killpg(build.pid, signal.SIGKILL)
         build.wait()
-    text = format_status(status(dsn))
-    assert "did not finish" in text, text
+    # the killed dbt's last query stops within client_connection_check_interval (bqx build sets 1 s)
+    _wait_for(lambda: "did not finish" in format_status(status(dsn)), "status to see the killed build", 60)
     run_build(dsn, BuildOptions(dbt_args=[]), target_path=tmp_path / "final")
     assert_same_tables(dsn, wave1_dsn, "after three killed builds")
 
