@@ -22,13 +22,14 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import _free_port, load_bars, record, server  # noqa: E402
+from common import load_bars, record, server  # noqa: E402
 
 from bqx.build import BuildOptions, run_build  # noqa: E402
 from bqx.generate import PAIRS, generate_bars  # noqa: E402
@@ -67,28 +68,20 @@ def main() -> None:
     day = bars[bars["ts_utc"] >= str(end)]
     with tempfile.TemporaryDirectory(prefix="bqx_increment_") as tmp:
         home = Path(tmp)
-        external = os.environ.get("BQX_PG_DSN")
-        cluster = None
-        database = "bqx_increment_bench"
-        if external:
-            admin = external
-        else:
-            cluster = server.cluster_for(home, port=_free_port())
-            admin = server.start(cluster, link=home / ".bqx" / "pgdata", database="postgres")
-        try:
+        database = f"bqx_increment_{uuid.uuid4().hex[:8]}"
+        # a throw-away embedded server, or throw-away databases on BQX_PG_DSN's server
+        with server.scratch_server(home) as admin:
             server.create_database(admin, database)
-            dsn = server.with_database(admin, database)
-            load_bars(dsn, history)
-            full = _timed_build(dsn, home / "full")
-            full_models = _model_seconds(dsn)
-            load_bars(dsn, day)
-            one_day = _timed_build(dsn, home / "day")
-            day_models = _model_seconds(dsn)
-        finally:
-            if external:
+            try:
+                dsn = server.with_database(admin, database)
+                load_bars(dsn, history)
+                full = _timed_build(dsn, home / "full")
+                full_models = _model_seconds(dsn)
+                load_bars(dsn, day)
+                one_day = _timed_build(dsn, home / "day")
+                day_models = _model_seconds(dsn)
+            finally:
                 server.drop_database(admin, database)
-            elif cluster is not None:
-                server.destroy(cluster)
     note = f"{size}: {len(history):,} bars, then {len(day):,}"
     record("increment.full_build.s", full, "s",
            f"`bqx build` on an empty database (dbt build: models and every data test), wall incl. dbt start-up; {note}")

@@ -223,8 +223,9 @@ def test_the_server_killed_during_a_build_then_a_build_equals_a_full_refresh(
     if os.environ.get("BQX_PG_DSN"):
         pytest.skip("kills a server: only the embedded one the test starts itself")
     home = tmp_path / "server"
-    cluster = server.cluster_for(home, port=_free_port())
-    dsn = server.start(cluster, link=home / ".bqx" / "pgdata", database="killed_server")
+    home.mkdir()
+    cluster = server.cluster_for(home, port=server.free_port(), throwaway=True)
+    dsn = server.start(cluster, database="killed_server")
     try:
         load_frame(dsn, fixture_bars[fixture_bars["ts_utc"] < "2024-07-05"], "first part")
         run_build(dsn, BuildOptions(dbt_args=[]), target_path=tmp_path / "first")
@@ -243,19 +244,11 @@ def test_the_server_killed_during_a_build_then_a_build_equals_a_full_refresh(
         except subprocess.TimeoutExpired:
             os.killpg(build.pid, signal.SIGKILL)
             build.wait()
-        server.start(cluster, link=home / ".bqx" / "pgdata", database="killed_server")
+        server.start(cluster, database="killed_server")
         run_build(dsn, BuildOptions(dbt_args=[]), target_path=tmp_path / "after")
         assert_same_tables(dsn, wave1_dsn, "after the server was killed")
     finally:
         server.destroy(cluster)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_audit_passes_clean_and_catches_a_corrupted_row(ops_dsn: str, fixture_bars: pd.DataFrame, tmp_path: Path) -> None:
