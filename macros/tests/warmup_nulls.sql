@@ -30,7 +30,8 @@
 {%- set written_only = execute and (model | string).strip().startswith('(') -%}
 {%- set model_name = ((model | string).split(' ')[-1] if written_only else model.identifier) if execute else 'model_rows' -%}
 {%- set columns = feature_model_columns(model_name) if execute else [] -%}
-{%- set bar_positions = ref('m1_index') -%}  {#- outside the branch: dbt infers the dependency at parse -#}
+{#- not ref(): a test that ref()s m1_index would be selected whenever m1_index is (macros/shared) -#}
+{%- set bar_positions = market_index_relation() -%}
 with numbered_bars as (
     {%- if written_only %}
     -- the written rows' subquery is aliased as the model already

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from bqx.dbt import PROJECT_DIR, run_dbt
+from bqx.server import dsn_parts
 
 # relative bound of the families that are not bit-identical by construction (README, "Self-audit")
 TOLERANCES = {"technical_rate": 1e-12, "technical_bqx": 1e-12}
@@ -108,6 +109,15 @@ def compiled_models(target: Path) -> list[CompiledModel]:
             CompiledModel(name, f"{schema}.{name}", text, json.loads(match.group(1)) if match else None)
         )
     return sorted(found, key=lambda m: (m.name != "m1_index", m.name))
+
+
+def audit_target(dsn: str, project_dir: Path = PROJECT_DIR) -> Path:
+    """dbt's target folder for the audit's compile, one per server and database: dbt's partial
+    parse keeps the database a manifest was parsed for, so a folder shared by two databases
+    compiled relations of the other one ("cross-database references are not implemented")."""
+    parts = dsn_parts(dsn)
+    key = "_".join(re.sub(r"[^A-Za-z0-9]+", "-", parts.get(name, "")) for name in ("host", "port", "dbname"))
+    return project_dir / "target" / "audit" / key
 
 
 def compile_models(dsn: str, target: Path) -> list[CompiledModel]:
@@ -305,7 +315,7 @@ def run_audit(
     started_at = dt.datetime.now(dt.UTC)
     seed = int(seed if seed is not None else np.random.SeedSequence().entropy % 2**31)
     if models is None:
-        models = compile_models(dsn, target or PROJECT_DIR / "target" / "audit")
+        models = compile_models(dsn, target or audit_target(dsn))
     audits: list[ModelAudit] = []
     # autocommit: each round is its own transaction (its temporary tables drop at its commit)
     with psycopg.connect(dsn, autocommit=True) as conn:

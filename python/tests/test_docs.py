@@ -110,6 +110,6 @@ def test_a_new_window_needs_regenerated_yaml_then_builds_with_docs_and_warmup_ch
     compiled = (target / "compiled").rglob("warmup_nulls_reg_rate*.sql")
     sql = "".join(path.read_text() for path in compiled)
     for metric in ("a", "b", "c", "r2", "rmse", "endpoint"):  # its warm-up checks
-        assert f"reg_rate.bar_number <= {NEW_WINDOW - 1}" in sql
+        assert f"reg_rate.bar_position <= {NEW_WINDOW - 1}" in sql
         assert f"'reg_{metric}_w{NEW_WINDOW}: NULL after its warm-up of {NEW_WINDOW - 1} bars'" in sql
     assert f"not coalesce(reg_rmse_w{NEW_WINDOW} = 0, false)" in sql  # and r2's NULL rule
