@@ -36,15 +36,17 @@
 
 
 {#-
-    CTEs computing the BQX columns of `rows_cte` (columns pair, ts_utc, is_new and `series`).
-    Emits CTEs ending in `bqx_values` (pair, ts_utc, is_new, bqx_w{W}...). Call it after a
+    CTEs computing the BQX columns of `rows_cte` (columns pair, ts_utc, bar_number, is_new and
+    `series`). Emits CTEs ending in `bqx_values` (pair, ts_utc, is_new, bar_number, bqx_w{W}...).
+    An incremental read must start at a multiple of bqx_grid_half() bars, one more half block
+    back (models/features/bqx/bqx.sql: grid_bars and reference_bars). Call it after a
     `with ... as (...),` and select from bqx_values.
 
     How: each bar's deviation from the first bar of its block (`bqx_grid_half()` * 2 bars, two
-    grids offset by half a block) is summed with a running float8 sum over the pair; the sum over
-    a window is the difference of two running sums taken in the grid where the whole window lies
-    in one block, so every term is a small deviation (no cancellation against the price level)
-    and each row costs O(1) whatever W (a moving float8 frame costs O(W): float8 sums have no
+    grids offset by half a block, at fixed positions of the pair's bar_number) is summed with a
+    running float8 sum restarted at each block; the sum over a window is the difference of two
+    running sums taken in the grid where the whole window lies in one block, so every term is a
+    small deviation (no cancellation against the price level) and each row costs O(1) whatever W (a moving float8 frame costs O(W): float8 sums have no
     inverse transition in PostgreSQL).
 -#}
 {% macro bqx_ctes(rows_cte, series) -%}
@@ -56,9 +58,10 @@ bqx_numbered as (
         grid_rows.ts_utc,
         grid_rows.is_new,
         grid_rows.{{ series }} as series_value,
-        (row_number() over bars_in_order - 1)::integer as bar_index
+        -- the bar's absolute position in its pair (m1_index.bar_number): the blocks sit where a
+        -- full build puts them whatever the first bar read, so an incremental run is bit-identical
+        grid_rows.bar_number as bar_index
     from {{ rows_cte }} as grid_rows
-    window bars_in_order as (partition by grid_rows.pair order by grid_rows.ts_utc)
 ),
 
 bqx_deviations as (
@@ -90,14 +93,24 @@ bqx_prefix_sums as (
         bqx_deviations.bar_index,
         bqx_deviations.deviation_a,
         bqx_deviations.deviation_b,
-        sum(bqx_deviations.deviation_a) over running_bars - bqx_deviations.deviation_a as prefix_a,
-        sum(bqx_deviations.deviation_b) over running_bars - bqx_deviations.deviation_b as prefix_b,
+        -- restarted at each block of its grid: the sums never depend on where the read began
+        sum(bqx_deviations.deviation_a) over running_block_a - bqx_deviations.deviation_a as prefix_a,
+        sum(bqx_deviations.deviation_b) over running_block_b - bqx_deviations.deviation_b as prefix_b,
         -- the last bar whose value differs from its predecessor's: a window after it is flat
         max(case when bqx_deviations.changed then bqx_deviations.bar_index end) over running_bars as last_change
     from bqx_deviations
-    window running_bars as (
-        partition by bqx_deviations.pair order by bqx_deviations.ts_utc rows unbounded preceding
-    )
+    window
+        running_block_a as (
+            partition by bqx_deviations.pair, bqx_deviations.bar_index / {{ block }}
+            order by bqx_deviations.ts_utc rows unbounded preceding
+        ),
+        running_block_b as (
+            partition by bqx_deviations.pair, (bqx_deviations.bar_index + {{ half }}) / {{ block }}
+            order by bqx_deviations.ts_utc rows unbounded preceding
+        ),
+        running_bars as (
+            partition by bqx_deviations.pair order by bqx_deviations.ts_utc rows unbounded preceding
+        )
 ),
 
 bqx_window_starts as (
@@ -132,7 +145,8 @@ bqx_values as (
     select
         bqx_window_starts.pair,
         bqx_window_starts.ts_utc,
-        bqx_window_starts.is_new
+        bqx_window_starts.is_new,
+        bqx_window_starts.bar_index as bar_number
         {%- for window in var('bqx_windows') %},
         -- mean - y = (sum of deviations over t-W .. t-1) / W - deviation of t (same block),
         -- exactly 0 when bars t-W .. t are equal, NULL in the warm-up (no bar t - W)

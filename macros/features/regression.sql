@@ -94,7 +94,8 @@ $reg_type$
 
 
 {#-
-    CTEs computing the REG columns of `rows_cte` (pair, ts_utc, is_new and `series`), ending in
+    CTEs computing the REG columns of `rows_cte` (pair, ts_utc, bar_number, is_new and `series`),
+    read from a multiple of reg_block_bars() minus one bar (the block's reference), ending in
     `reg_values` (pair, ts_utc, is_new, reg_column_names()...).
     endpoint: 'ratio' gives y[t] / y[t-W+1] - 1 (rate domain), 'difference' y[t] - y[t-W+1] (bqx).
     reference: 'block' measures y from a reference per block (the bar before the block: series
@@ -125,7 +126,8 @@ reg_numbered as (
         reg_rows.is_new,
         reg_rows.{{ series }} as y,
         round(reg_rows.{{ series }} * {{ grid }}) / {{ grid }} as y_grid,
-        (row_number() over bars_in_order - 1)::integer as bar_index,
+        -- absolute position in the pair (bar_number): blocks where a full build puts them
+        reg_rows.bar_number as bar_index,
         (reg_rows.{{ series }} is distinct from lag(reg_rows.{{ series }}) over bars_in_order) as changed
     from {{ rows_cte }} as reg_rows
     window bars_in_order as (partition by reg_rows.pair order by reg_rows.ts_utc)

@@ -27,16 +27,15 @@
 {%- endmacro %}
 
 
-{#- Bars before the last one built whose targets an incremental run recomputes: a target at t
-    reads up to max(H) bars after t, so the last max(H) rows built (offset max(H) - 1 from the
-    last one) may have had incomplete futures (NULL) or, with recompute_from, corrected ones. -#}
+{#- Bars before a changed bar whose targets an incremental run recomputes: a target at t reads
+    up to max(H) bars after t, so changing bar s changes the targets at s - max(H) .. s. -#}
 {% macro targets_recompute_bars() -%}
-    {{ return((var('target_horizons') | max) - 1) }}
+    {{ return(var('target_horizons') | max) }}
 {%- endmacro %}
 
 
-{#- A select over `source` (pair, ts_utc, close_idx) giving pair, ts_utc and every column of
-    target_column_names().
+{#- A select over `source` (pair, ts_utc, is_new, close_idx) giving pair, ts_utc, is_new and
+    every column of target_column_names().
 
     Σ_{j=1}^{H} (close[t+j] − close[t]) from running sums differenced with lead(): O(1) per row
     (one running-frame WindowAgg, then one lead per part and horizon), where float8 avg() over
@@ -69,6 +68,7 @@
 select
     target_sums.pair,
     target_sums.ts_utc,
+    target_sums.is_new,
     {%- for h in horizons %}
     (
         {%- for part in parts %}
@@ -84,6 +84,7 @@ from (
     select
         target_parts.pair,
         target_parts.ts_utc,
+        target_parts.is_new,
         target_parts.close_idx
         {%- for part in parts %},
         target_parts.close_{{ part.name }},
@@ -93,6 +94,7 @@ from (
         select
             scaled_closes.pair,
             scaled_closes.ts_utc,
+            scaled_closes.is_new,
             scaled_closes.close_idx,
             scaled_closes.close_whole,
             floor(scaled_closes.fraction * {{ 2 ** fraction_bits }}) as close_middle,
@@ -102,6 +104,7 @@ from (
             select
                 whole_closes.pair,
                 whole_closes.ts_utc,
+                whole_closes.is_new,
                 whole_closes.close_idx,
                 whole_closes.close_whole,
                 whole_closes.close_idx * {{ 2 ** whole_bits }} - whole_closes.close_whole as fraction
@@ -109,6 +112,7 @@ from (
                 select
                     target_closes.pair,
                     target_closes.ts_utc,
+                    target_closes.is_new,
                     target_closes.close_idx,
                     floor(target_closes.close_idx * {{ 2 ** whole_bits }}) as close_whole
                 from {{ source }} as target_closes

@@ -3,5 +3,6 @@
     One line per family; each family's macro lives in its own file beside this one. -#}
 {% macro create_project_functions() -%}
     {{ create_smoothing_aggregates() }};
-    {{ create_reg_window_start_type() }}
+    {{ create_reg_window_start_type() }};
+    {{ create_increment_bounds_function() }}
 {%- endmacro %}

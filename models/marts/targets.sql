@@ -1,17 +1,23 @@
 {{ config(
     materialized='incremental',
-    incremental_strategy='delete+insert',
+    incremental_strategy='recompute',
     unique_key=['pair', 'ts_utc'],
     on_schema_change='fail',
+    post_hook="{{ record_increment() }}",
 ) }}
 
--- Targets look forward, so an incremental run recomputes backwards: incremental_rows reads,
--- per pair, from max(H) - 1 bars before the last row built (or before recompute_from) to the
--- end, and EVERY row read is emitted again (not only `is_new`): those are exactly the rows whose
--- H-bar future has gained bars. delete+insert on (pair, ts_utc) replaces them, so an
--- incremental run equals a full refresh.
+-- Targets look forward, so an incremental run recomputes backwards: from max(H) bars before the
+-- first bar m1_index rewrote (back_bars), reading max(H) bars past the last row it writes
+-- (read_ahead_bars); those are exactly the rows whose H-bar future has changed.
 with source_rows as (
-    {{ incremental_rows(ref('m1_index'), ['pair', 'ts_utc', 'close_idx'], lookback_bars=targets_recompute_bars()) }}
+    {{ incremental_rows(
+        ref('m1_index'),
+        ['pair', 'ts_utc', 'close_idx'],
+        lookback_bars=0,
+        forward_bars=0,
+        back_bars=targets_recompute_bars(),
+        read_ahead_bars=targets_recompute_bars(),
+    ) }}
 ),
 
 target_values as (
@@ -25,3 +31,4 @@ select
         target_values.{{ column }}{% if not loop.last %},{% endif %}
     {% endfor %}
 from target_values
+where target_values.is_new

@@ -10,17 +10,34 @@ from pathlib import Path
 
 from bqx import server
 from bqx.bar_formats import FORMATS
+from bqx.build_arguments import build_arguments
 from bqx.project import PROJECT_DIR, external_dsn
 from bqx.raw_schema import PRICE_MAX, PRICE_MIN
 from bqx.safe_files import UnsafePathError
+from bqx.writer_lock import WriterBusy
 
 # Commands whose arguments go to another program untouched (dbt, sqlfluff): argparse would
 # take `--full-refresh` or `-s` for its own options, so main() hands them over before it parses.
 PASS_THROUGH = ("build", "dbt", "lint")
-BUILD_SELECTION = ["--select", "tag:wave1"]
-# dbt options that choose the nodes themselves: given one, `bqx build` adds no selection
-SELECTION_OPTIONS = ("-s", "--select", "-m", "--models", "--model", "--selector", "--resource-type", "--resource-types")
 LINT_PATHS = ("models", "analyses", "tests")
+# `bqx build`'s own options, taken out before the rest goes to dbt (dbt has none of these names):
+# option -> (destination, takes a value)
+BUILD_OPTIONS = {
+    "--from": ("recompute_from", True),
+    "--to": ("recompute_to", True),
+    "--full-tests": ("full_tests", False),
+    "--no-wait": ("no_wait", False),
+    "--audit-sample": ("audit_sample", True),
+}
+BUILD_HELP = """bqx build: `dbt build --select tag:wave1` under the writer lock, then a summary and a small audit.
+bqx's own options (every other option goes to dbt, whose help follows):
+  --from TIME         backfill: also recompute the bars at or after TIME (UTC), e.g. 2024-08-01
+  --to TIME           ... and before TIME (default: to the end)
+  --full-tests        data tests read every row (default on an incremental run: the rows it wrote)
+  --no-wait           fail at once if a build or load holds the writer lock
+  --audit-sample N    the audit after an incremental build: N random minutes per pair and model
+                      (default 1; 0: no audit)
+"""
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -75,10 +92,14 @@ def cmd_load(args: argparse.Namespace) -> int:
             min_price=args.min_price, max_price=args.max_price, future_minutes=args.future_minutes
         )
         dsn = server.ensure_server(PROJECT_DIR)
-        summary = load_paths(
-            dsn, args.paths, fmt=args.format, pair=args.pair, ranges=ranges, follow_symlinks=args.follow_symlinks
-        )
-    except LoadError as err:
+        from bqx.writer_lock import writer_lock
+
+        # one writer at a time: the load holds the writer lock for its whole run
+        with writer_lock(dsn, "load", wait=not args.no_wait):
+            summary = load_paths(
+                dsn, args.paths, fmt=args.format, pair=args.pair, ranges=ranges, follow_symlinks=args.follow_symlinks
+            )
+    except (LoadError, WriterBusy) as err:
         print(f"bqx load: {printable(str(err))}", file=sys.stderr)
         return LOAD_EXIT_FATAL
     except psycopg.Error as err:
@@ -91,16 +112,55 @@ def cmd_load(args: argparse.Namespace) -> int:
     return LOAD_EXIT_FILES_SKIPPED if summary.skipped else LOAD_EXIT_OK
 
 
-def build_arguments(extra: list[str]) -> list[str]:
-    """dbt's arguments for `bqx build EXTRA`: the wave-1 selection unless EXTRA selects."""
-    selects = any(arg in SELECTION_OPTIONS or arg.split("=", 1)[0] in SELECTION_OPTIONS for arg in extra)
-    return ["build", *([] if selects else BUILD_SELECTION), *extra]
+def split_build_options(extra: list[str]) -> tuple[dict[str, object], list[str]]:
+    """`bqx build`'s own options (BUILD_OPTIONS, as `--opt V` or `--opt=V`) and the rest, for dbt."""
+    own: dict[str, object] = {}
+    rest: list[str] = []
+    position = 0
+    while position < len(extra):
+        arg = extra[position]
+        name, equals, value = arg.partition("=")
+        if name in BUILD_OPTIONS:
+            destination, takes_value = BUILD_OPTIONS[name]
+            if not takes_value:
+                if equals:
+                    raise ValueError(f"bqx build: {name} takes no value")
+                own[destination] = True
+            elif equals:
+                own[destination] = value
+            elif position + 1 < len(extra):
+                position += 1
+                own[destination] = extra[position]
+            else:
+                raise ValueError(f"bqx build: {name} needs a value")
+        else:
+            rest.append(arg)
+        position += 1
+    if "audit_sample" in own:
+        try:
+            own["audit_sample"] = int(str(own["audit_sample"]))
+        except ValueError:
+            raise ValueError(f"bqx build: --audit-sample needs a number, got {own['audit_sample']!r}") from None
+    return own, rest
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from bqx.build import BuildOptions, run_build
     from bqx.dbt import run_dbt
 
-    return run_dbt(build_arguments(args.extra), server.ensure_server(PROJECT_DIR)).returncode
+    own, dbt_args = split_build_options(args.extra)
+    if "--help" in dbt_args or "-h" in dbt_args:
+        print(BUILD_HELP, flush=True)
+        return run_dbt(build_arguments(dbt_args), server.configured_dsn(PROJECT_DIR)).returncode
+    options = BuildOptions(
+        dbt_args=dbt_args,
+        recompute_from=own.get("recompute_from"),  # type: ignore[arg-type]
+        recompute_to=own.get("recompute_to"),  # type: ignore[arg-type]
+        full_tests=bool(own.get("full_tests", False)),
+        wait=not own.get("no_wait", False),
+        audit_sample=int(own.get("audit_sample", 1)),  # type: ignore[arg-type]
+    )
+    return run_build(server.ensure_server(PROJECT_DIR), options)
 
 
 def cmd_dbt(args: argparse.Namespace) -> int:
@@ -145,9 +205,10 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bqx.status import coverage, format_coverage
+    from bqx.status import format_status, status
 
-    print(format_coverage(coverage(server.ensure_server(PROJECT_DIR))))
+    data = status(server.ensure_server(PROJECT_DIR))
+    print(json.dumps(data, indent=2, default=str) if args.json else format_status(data))
     return 0
 
 
@@ -174,6 +235,21 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from bqx.datasets.pipeline import run_command
 
     return run_command(args, "bqx datasets")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bqx.audit import format_report, run_audit
+    from bqx.writer_lock import writer_lock
+
+    dsn = server.ensure_server(PROJECT_DIR)
+    # no load or build while auditing: the stored rows and their input must not move meanwhile
+    with writer_lock(dsn, "audit", wait=not args.no_wait):
+        report = run_audit(
+            dsn, sample=args.sample, full=args.full, seed=args.seed, changed_limit=args.changed_limit,
+            progress=sys.stderr.isatty(),
+        )
+    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else format_report(report))
+    return 0 if report.passed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,11 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load what symbolic links point to (by default a link is named and skipped, never opened)",
     )
+    load.add_argument("--no-wait", action="store_true", help="fail at once if a build or load holds the writer lock")
     load.set_defaults(func=cmd_load)
 
     build = sub.add_parser(
         "build", add_help=False,
-        help="dbt build --select tag:wave1 [any dbt build option: --full-refresh, --vars, -s, --exclude, --threads]",
+        help="dbt build --select tag:wave1 under the writer lock [--from T] [--to T] [--full-tests] [--no-wait] "
+        "[--audit-sample N] [any dbt build option: --full-refresh, --vars, -s, --exclude, --threads]",
     )
     build.set_defaults(func=cmd_build)
 
@@ -248,7 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate_yaml.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs")
     generate_yaml.set_defaults(func=cmd_docs)
 
-    status = sub.add_parser("status", help="rows per pair × month for the source and every model")
+    audit = sub.add_parser("audit", help="recompute changed and sampled rows of every model and compare them")
+    audit.add_argument("--sample", type=int, default=3, help="random minutes per pair and model (default 3)")
+    audit.add_argument("--full", action="store_true", help="recompute and compare every row")
+    audit.add_argument("--seed", type=int, default=None, help="the sample's seed (default: a new one, printed)")
+    audit.add_argument("--changed-limit", type=int, default=1440,
+                       help="bars checked at each end of a pair's changed range (default 1440)")
+    audit.add_argument("--json", action="store_true", help="the report as JSON")
+    audit.add_argument("--no-wait", action="store_true", help="fail at once if a build or load holds the writer lock")
+    audit.set_defaults(func=cmd_audit)
+
+    status = sub.add_parser(
+        "status", help="every model against the source, the build in progress, the last build and audit"
+    )
+    status.add_argument("--json", action="store_true", help="the same as JSON, for machines")
     status.set_defaults(func=cmd_status)
 
     from bqx.features import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_AGE, METHODS
@@ -279,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="events per round trip (default %(default)s)"
     )
     features.set_defaults(func=cmd_features)
-
 
     from bqx.datasets.options import add_arguments
 
@@ -315,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - every error reaches the user as one line
         import psycopg
 
-        known = (server.ServerError, UnsafePathError, ValueError, OSError, psycopg.Error)
+        known = (server.ServerError, UnsafePathError, ValueError, OSError, psycopg.Error, WriterBusy)
         if not isinstance(err, known):
             if os.environ.get("BQX_TRACEBACK"):
                 raise

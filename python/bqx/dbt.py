@@ -94,10 +94,16 @@ def run_dbt(
     project_dir: Path = PROJECT_DIR,
     target_path: Path | None = None,
     capture: bool = False,
+    session_settings: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `dbt ARGS` in the project against `dsn`. `target_path` separates concurrent runs."""
+    """Run `dbt ARGS` in the project against `dsn`. `target_path` separates concurrent runs;
+    `session_settings` are set on every connection dbt opens (libpq's PGOPTIONS), which unlike a
+    var leaves dbt's partial parse valid."""
     command = [dbt_executable(), *args]
     env = dbt_env(dsn, project_dir)
+    if session_settings:
+        options = " ".join(f"-c {name}={value}" for name, value in session_settings.items())
+        env["PGOPTIONS"] = f"{env['PGOPTIONS']} {options}" if env.get("PGOPTIONS") else options
     if target_path is not None:
         command += ["--target-path", str(target_path)]
         env["DBT_LOG_PATH"] = str(target_path / "logs")

@@ -34,6 +34,19 @@ KEY_COLUMNS = (
     ("pair", "Pair code."),
     ("ts_utc", "Bar open time (UTC); the features are known at ts_utc + 1 minute."),
 )
+# Columns a feature model carries that are not features (not in feature_matrix, no warm-up):
+# bqx passes m1_index's bar_number on to the bqx-domain models, which read bqx as their input
+# (models/features/bqx/bqx.sql selects it; python/tests/test_docs.py checks the two agree).
+CARRIED_COLUMNS = {
+    "bqx": (
+        (
+            "bar_number",
+            "m1_index.bar_number carried along (not a feature; not in feature_matrix): the bar's "
+            "position in its pair, 0 for the first. The bqx-domain models read this table as their "
+            "input and anchor their block grids, incremental bounds and warm-up tests on it.",
+        ),
+    ),
+}
 
 
 class DocsError(ValueError):
@@ -112,6 +125,8 @@ def _feature_model_entry(model: str, features: tuple[FeatureColumn, ...]) -> lis
     ]
     for name, description in KEY_COLUMNS:
         lines += [f"      - name: {name}", f"        description: {description}", "        data_tests: [not_null]"]
+    for name, description in CARRIED_COLUMNS.get(model, ()):
+        lines += [*_column(name, description), "        data_tests: [not_null]"]
     for feature in features:
         lines += _column(feature.column, feature.description)
     return lines

@@ -8,6 +8,10 @@ none of them commits: the caller owns the transaction.
     raw.m1_rejects       every input row that broke a load rule, with the rule and where it was
     raw.m1_bars_history  the previous values of a bar that a later load corrected
     raw.load_log         one row per file load, with its counts
+    raw.m1_changes       the change log: per statement that wrote raw.m1_bars (any writer: bqx
+                         load, psql, COPY) and per pair, the first and last minute it touched and
+                         the writing transaction's id; kept by statement-level triggers, so the
+                         incremental build finds what changed without scanning the bars
 """
 
 from __future__ import annotations
@@ -132,6 +136,121 @@ create table if not exists raw.load_log (
 )
 """
 
+# The change log. One row per (statement, pair): first_ts .. last_ts is the range of minutes the
+# statement inserted, updated (old and new keys) or deleted for that pair; pair NULL means every
+# pair from first_ts on (TRUNCATE, a partition attached by hand). `xid` is the writing
+# transaction: a build consumes exactly the changes visible in the snapshot it read the bars
+# with (pg_visible_in_snapshot), so a change committed during a build is never lost (change ids
+# are assigned before commit and may become visible out of order: they are no watermark).
+_CHANGES_DDL = """
+create table if not exists raw.m1_changes (
+    change_id  bigint generated always as identity primary key,
+    pair       text,
+    first_ts   timestamptz not null,
+    last_ts    timestamptz not null,
+    operation  text        not null,
+    row_count  bigint      not null,
+    xid        xid8        not null default pg_current_xact_id(),
+    changed_at timestamptz not null default clock_timestamp(),
+    changed_by text        not null default session_user
+)
+"""
+
+_CHANGES_INDEX = "create index if not exists m1_changes_pair_xid on raw.m1_changes (pair, xid)"
+
+# security definer: a writer of raw.m1_bars needs no right on the change log (and so cannot
+# forge or erase entries); the search_path is pinned so the definer's rights cannot be steered.
+_CHANGES_FUNCTION = """
+create or replace function raw.record_m1_changes() returns trigger
+language plpgsql security definer set search_path = pg_catalog, raw as $record$
+begin
+    if tg_op = 'INSERT' then
+        insert into raw.m1_changes (pair, first_ts, last_ts, operation, row_count)
+        select pair, min(ts_utc), max(ts_utc), 'insert', count(*) from new_rows group by pair;
+    elsif tg_op = 'UPDATE' then
+        insert into raw.m1_changes (pair, first_ts, last_ts, operation, row_count)
+        select pair, min(ts_utc), max(ts_utc), 'update', count(*) filter (where side = 'new')
+        from (
+            select pair, ts_utc, 'old' as side from old_rows
+            union all
+            select pair, ts_utc, 'new' as side from new_rows
+        ) as touched
+        group by pair;
+    elsif tg_op = 'DELETE' then
+        insert into raw.m1_changes (pair, first_ts, last_ts, operation, row_count)
+        select pair, min(ts_utc), max(ts_utc), 'delete', count(*) from old_rows group by pair;
+    elsif tg_op = 'TRUNCATE' then
+        insert into raw.m1_changes (pair, first_ts, last_ts, operation, row_count)
+        values (null, '-infinity', 'infinity', 'truncate ' || tg_table_name, 0);
+    end if;
+    return null;
+end
+$record$
+"""
+
+# statement-level triggers (one call per statement, rows in transition tables): on the parent
+# for DML through it, and on every partition for DML aimed at a partition directly (statement
+# triggers of a partitioned table do not fire then). COPY fires them too.
+_CHANGE_TRIGGERS = {
+    "m1_changes_insert": "after insert on {table} referencing new table as new_rows",
+    "m1_changes_update": "after update on {table} referencing old table as old_rows new table as new_rows",
+    "m1_changes_delete": "after delete on {table} referencing old table as old_rows",
+    "m1_changes_truncate": "after truncate on {table}",
+}
+
+_CHANGE_LOG_COMMENTS = [
+    "comment on table raw.m1_changes is "
+    "'change log of raw.m1_bars, kept by statement-level triggers on the table and on every partition: "
+    "per statement and pair the first and last minute touched and the writing transaction (xid); "
+    "pair null = every pair (truncate, attach by hand). dbt builds read it to find what to recompute'",
+    "comment on column raw.m1_changes.xid is "
+    "'the writing transaction: a build consumed this change iff pg_visible_in_snapshot(xid, its snapshot)'",
+]
+
+# Installs the triggers on raw.m1_bars and on each partition that lacks them. A partition without
+# them was made behind the change log's back (attached by `bqx load` after a COPY into a detached
+# table, or by hand): its rows are recorded first, per pair, as an 'attach' change. Callable from
+# SQL (dbt's on-run-start calls it), so partitions made by hand are covered before every build.
+_ENSURE_TRIGGERS_FUNCTION = """
+create or replace function raw.ensure_change_triggers() returns integer
+language plpgsql security definer set search_path = pg_catalog, raw as $ensure$
+declare
+    target regclass;
+    is_partition boolean;
+    trigger_spec record;
+    added integer := 0;
+begin
+    for target, is_partition in
+        select 'raw.m1_bars'::regclass, false
+        union all
+        select inhrelid::regclass, true from pg_inherits where inhparent = 'raw.m1_bars'::regclass
+    loop
+        if (select count(*) from pg_trigger
+            where tgrelid = target and tgname like 'm1\\_changes\\_%' and not tgisinternal) = 4 then
+            continue;
+        end if;
+        if is_partition then
+            execute format(
+                'insert into raw.m1_changes (pair, first_ts, last_ts, operation, row_count) '
+                'select pair, min(ts_utc), max(ts_utc), %L, count(*) from %s group by pair',
+                'attach ' || target::text, target);
+        end if;
+        for trigger_spec in
+            select * from (values {trigger_values}) as specs (name, timing)
+        loop
+            execute format('drop trigger if exists %I on %s', trigger_spec.name, target);
+            execute format(
+                'create trigger %I ' || replace(trigger_spec.timing, '{table}', target::text)
+                || ' for each statement execute function raw.record_m1_changes()',
+                trigger_spec.name);
+        end loop;
+        added := added + 1;
+    end loop;
+    return added;
+end
+$ensure$
+"""
+
 _COMMENTS = [
     "comment on table raw.m1_bars is "
     "'1-minute mid-price bars as loaded by `bqx load`; one row per (pair, ts_utc); "
@@ -199,16 +318,21 @@ def ensure_raw_schema(conn: psycopg.Connection) -> list[str]:
     Concurrent callers are serialised by a transaction-scoped advisory lock (call it inside a
     transaction: the lock is held until the caller commits, and a waiter then finds the schema)."""
     if raw_schema_exists(conn):
-        return upgrade_raw_schema(conn)
-    _lock_schema(conn)
-    if raw_schema_exists(conn):
-        return upgrade_raw_schema(conn)
-    _execute_tolerant(conn, "create schema if not exists raw")
-    for ddl in (_BARS_DDL, _REJECTS_DDL, _HISTORY_DDL, _LOAD_LOG_DDL, *_INDEXES):
-        _execute_tolerant(conn, ddl)
-    for comment in _COMMENTS:
-        conn.execute(comment)
-    return []
+        notes = upgrade_raw_schema(conn)
+    else:
+        _lock_schema(conn)
+        if raw_schema_exists(conn):
+            notes = upgrade_raw_schema(conn)
+        else:
+            _execute_tolerant(conn, "create schema if not exists raw")
+            for ddl in (_BARS_DDL, _REJECTS_DDL, _HISTORY_DDL, _LOAD_LOG_DDL, *_INDEXES):
+                _execute_tolerant(conn, ddl)
+            for comment in _COMMENTS:
+                conn.execute(comment)
+            notes = []
+    # every write to raw.m1_bars is recorded in raw.m1_changes (statement triggers)
+    ensure_change_log(conn)
+    return notes
 
 
 def _lock_schema(conn: psycopg.Connection) -> None:
@@ -294,6 +418,41 @@ def upgrade_raw_schema(conn: psycopg.Connection) -> list[str]:
     return notes
 
 
+def _ensure_triggers_ddl() -> str:
+    values = ", ".join(
+        f"('{name}', '{timing.format(table='{table}')}')" for name, timing in _CHANGE_TRIGGERS.items()
+    )
+    return _ENSURE_TRIGGERS_FUNCTION.replace("{trigger_values}", values)
+
+
+def change_log_installed(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        """
+        select count(*) = 2
+        from pg_proc as p
+        join pg_namespace as n on n.oid = p.pronamespace
+        where n.nspname = 'raw' and p.proname in ('record_m1_changes', 'ensure_change_triggers')
+        """
+    ).fetchone()
+    return bool(row and row[0]) and conn.execute("select to_regclass('raw.m1_changes') is not null").fetchone()[0]
+
+
+def ensure_change_log(conn: psycopg.Connection) -> int:
+    """Create raw.m1_changes and its triggers if missing, and put the triggers on every partition
+    of raw.m1_bars that lacks them (recording such a partition's rows as changed). Returns the
+    number of tables that got triggers. Call inside a transaction (the caller commits)."""
+    if not change_log_installed(conn):
+        conn.execute("select pg_advisory_xact_lock(hashtext('bqx.raw change log'))")
+        if not change_log_installed(conn):
+            for ddl in (_CHANGES_DDL, _CHANGES_INDEX):
+                _execute_tolerant(conn, ddl)
+            conn.execute(_CHANGES_FUNCTION)
+            conn.execute(_ensure_triggers_ddl())
+            for comment in _CHANGE_LOG_COMMENTS:
+                conn.execute(comment)
+    return int(conn.execute("select raw.ensure_change_triggers()").fetchone()[0])
+
+
 def partition_name(month: dt.date) -> str:
     return f"{BARS_TABLE}_{month.year:04d}_{month.month:02d}"
 
@@ -356,6 +515,8 @@ def ensure_month_partitions(conn: psycopg.Connection, months: Iterable[dt.date])
         )
         _execute_tolerant(conn, statement)
         created.append(name)
+    if created:
+        ensure_change_log(conn)  # the new partitions' triggers
     return created
 
 
@@ -413,3 +574,6 @@ def attach_month(conn: psycopg.Connection, month: dt.date) -> None:
             check=sql.Identifier(f"{name}_bounds"), **ident
         )
     )
+    # the COPY into the detached table fired no trigger: record its rows per pair and give the
+    # partition its triggers, in the loading transaction
+    ensure_change_log(conn)

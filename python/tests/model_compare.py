@@ -41,3 +41,29 @@ def assert_same_values(
         scale = max(np.abs(a[both]).max(), np.abs(b[both]).max(), 1e-300)
         error = np.abs(a[both] - b[both]).max() / scale
         assert error <= rel_tol, f"{label}.{column}: max difference {error:.3g} of the column's largest |value|"
+
+
+def model_tables(dsn: str) -> list[str]:
+    """Every table a model writes per (pair, ts_utc): staging.m1_index, the features, the marts."""
+    frame = query_frame(
+        dsn,
+        "select c.table_schema || '.' || c.table_name as name from information_schema.columns as c "
+        "join information_schema.tables as t using (table_schema, table_name) "
+        "where c.table_schema in ('staging', 'features', 'marts') and c.column_name = 'ts_utc' "
+        "and t.table_type = 'BASE TABLE' order by 1",
+    )
+    return list(frame["name"])
+
+
+def table_rows(dsn: str, table: str, where: str = "true") -> pd.DataFrame:
+    return query_frame(dsn, f"select * from {table} where {where} order by pair, ts_utc")
+
+
+def assert_same_tables(dsn: str, reference_dsn: str, label: str, rel_tol: float = 0.0) -> list[str]:
+    """Every model table of `dsn` equals `reference_dsn`'s (bit for bit by default)."""
+    tables = model_tables(reference_dsn)
+    assert "features.bqx" in tables and "staging.m1_index" in tables
+    assert model_tables(dsn) == tables
+    for table in tables:
+        assert_same_values(table_rows(dsn, table), table_rows(reference_dsn, table), f"{label} {table}", rel_tol)
+    return tables

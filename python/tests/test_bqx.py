@@ -64,7 +64,10 @@ def test_bqx_matches_numpy(wave1_dsn: str) -> None:
 
 
 def test_bqx_columns_follow_vars(wave1_dsn: str) -> None:
-    assert table_columns(wave1_dsn, "features", "bqx") == ["pair", "ts_utc", *[f"bqx_w{w}" for w in WINDOWS]]
+    # bar_number: m1_index's, carried for the bqx-domain models that read this table
+    assert table_columns(wave1_dsn, "features", "bqx") == [
+        "pair", "ts_utc", "bar_number", *[f"bqx_w{w}" for w in WINDOWS]
+    ]
 
 
 def longest_flat_run(values: np.ndarray) -> tuple[int, int]:

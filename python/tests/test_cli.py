@@ -100,14 +100,39 @@ def test_build_hands_every_option_to_dbt(argv: list[str], dbt_args: list[str]) -
     assert cli.build_arguments(args.extra) == dbt_args
 
 
-def test_dbt_and_lint_hand_their_arguments_over_untouched() -> None:
+def test_dbt_and_lint_hand_their_arguments_over_untouched(tmp_path: Path) -> None:
     assert cli.parse(["dbt", "ls", "-s", "bqx", "--output", "json"]).extra == ["ls", "-s", "bqx", "--output", "json"]
     assert cli.parse(["dbt", "--help"]).extra == ["--help"]
     lint = cli.parse(["lint", "--rules", "LT01", "--format", "json"])
-    folders = [folder for folder in ("models", "analyses", "tests") if (PROJECT_DIR / folder).is_dir()]
-    assert "models" in folders  # without a path, sqlfluff lints the project's SQL folders that exist
-    assert cli.lint_arguments(lint.extra) == ["lint", "--rules", "LT01", "--format", "json", *folders]
-    assert cli.lint_arguments(["models/staging", "-v"]) == ["lint", "models/staging", "-v"]
+    # the default paths are the project's SQL folders that exist (this checkout has no analyses/)
+    for folder in ("models/staging", "analyses", "tests"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert cli.lint_arguments(lint.extra, tmp_path) == [
+        "lint", "--rules", "LT01", "--format", "json", "models", "analyses", "tests"
+    ]
+    assert cli.lint_arguments(["models/staging", "-v"], tmp_path) == ["lint", "models/staging", "-v"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "own", "dbt_args"),
+    [
+        (["build", "--from", "2024-08-01", "--to=2024-09-01", "--full-refresh"],
+         {"recompute_from": "2024-08-01", "recompute_to": "2024-09-01"}, ["--full-refresh"]),
+        (["build", "-s", "bqx+", "--no-wait", "--full-tests", "--audit-sample", "0"],
+         {"no_wait": True, "full_tests": True, "audit_sample": 0}, ["-s", "bqx+"]),
+        (["build", "--vars", '{"baseline_date": "2017-01-01"}'], {}, ["--vars", '{"baseline_date": "2017-01-01"}']),
+    ],
+)
+def test_build_takes_its_own_options_and_hands_the_rest_to_dbt(
+    argv: list[str], own: dict[str, object], dbt_args: list[str]
+) -> None:
+    assert cli.split_build_options(cli.parse(argv).extra) == (own, dbt_args)
+
+
+@pytest.mark.parametrize("argv", [["--from"], ["--no-wait=yes"], ["--audit-sample", "many"]])
+def test_build_options_in_error_are_named(argv: list[str]) -> None:
+    with pytest.raises(ValueError, match=r"^bqx build: --"):
+        cli.split_build_options(argv)
 
 
 def test_options_reach_dbt_and_sqlfluff_themselves(tmp_path: Path) -> None:

@@ -43,6 +43,18 @@ def test_every_feature_column_is_documented_once_in_its_models_yaml() -> None:
         assert ("targets", target.column) in documented
 
 
+def test_generated_columns_are_the_built_tables_columns(wave1_dsn: str) -> None:
+    """Every column of a feature model's table (features, bar_number carried by bqx) is in its
+    generated YAML, in the table's order, and nothing else."""
+    for file in generated_files(PROJECT_DIR):
+        for model in yaml.safe_load(file.text)["models"]:
+            if model["name"] == "feature_matrix":
+                continue
+            schema = "marts" if model["name"] == "targets" else "features"
+            documented = [column["name"] for column in model["columns"]]
+            assert documented == table_columns(wave1_dsn, schema, model["name"]), model["name"]
+
+
 # --- a window added to reg_windows in a scratch copy of the project -------------------------
 
 NEW_WINDOW = 120
@@ -98,6 +110,6 @@ def test_a_new_window_needs_regenerated_yaml_then_builds_with_docs_and_warmup_ch
     compiled = (target / "compiled").rglob("warmup_nulls_reg_rate*.sql")
     sql = "".join(path.read_text() for path in compiled)
     for metric in ("a", "b", "c", "r2", "rmse", "endpoint"):  # its warm-up checks
-        assert f"reg_rate.bar_number <= {NEW_WINDOW - 1}" in sql
+        assert f"reg_rate.bar_position <= {NEW_WINDOW - 1}" in sql
         assert f"'reg_{metric}_w{NEW_WINDOW}: NULL after its warm-up of {NEW_WINDOW - 1} bars'" in sql
     assert f"not coalesce(reg_rmse_w{NEW_WINDOW} = 0, false)" in sql  # and r2's NULL rule

@@ -3,6 +3,7 @@ with source_rows as (
         ref('m1_index'),
         ['pair', 'ts_utc', 'close_idx'],
         lookback_bars=data_quality_lookback_bars(),
+        forward_bars='end',
     ) }}
 ),
 

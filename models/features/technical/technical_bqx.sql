@@ -9,6 +9,8 @@ with source_rows as (
         ref('bqx'),
         ['pair', 'ts_utc', series],
         lookback_bars=var('smoother_lookback_bars'),
+        forward_bars='end',
+        moving_columns=[series],
     ) }}
 ),
 

@@ -1,6 +1,6 @@
--- No window: lookback 0 (incremental runs read only the new bars and the last one built).
+-- No window: lookback 0 (incremental runs read only the rows they write).
 with source_rows as (
-    {{ incremental_rows(ref('m1_index'), ['pair', 'ts_utc'], lookback_bars=0) }}
+    {{ incremental_rows(ref('m1_index'), ['pair', 'ts_utc'], lookback_bars=0, forward_bars=0) }}
 ),
 
 new_minutes as (

@@ -1,0 +1,186 @@
+{#-
+    The schema `build_state`: what each model has built, which changes it has consumed, and the
+    build log `bqx status` reads (small tables and index lookups, never a scan of the features).
+
+      model_pairs  per model and pair: the snapshot its last successful build read its input
+                   with (a change, a row of raw.m1_changes or of rewrites, is consumed iff its
+                   xid is visible in that snapshot), the minutes it rewrote, its last built
+                   minute against its input's, the rows it wrote, and when.
+      rewrites     per model, pair and build: the range of minutes the build rewrote, with the
+                   writing transaction; the models downstream consume these as m1_index
+                   consumes raw.m1_changes (a rewrite is only visible once its rows are).
+      model_vars   the vars each model was built with, so a changed baseline_date (or any var
+                   that changes values without changing columns) stops an incremental build.
+      runs         one row per dbt invocation: command, start, end, status.
+      model_runs   one row per model built: start, end, pairs recomputed, rows written.
+      audits       one row per `bqx audit`: snapshot, what it compared, the worst difference.
+    Created idempotently by on-run-start (create_build_state); `bqx audit` and `bqx status`
+    only read it (and audits).
+-#}
+{% macro create_build_state() -%}
+create schema if not exists build_state;
+create table if not exists build_state.model_pairs (
+    model             text        not null,
+    pair              text        not null,
+    consumed_snapshot pg_snapshot not null,
+    rewrote_from_ts   timestamptz,
+    rewrote_to_ts     timestamptz,
+    last_built_ts     timestamptz,
+    input_last_ts     timestamptz,
+    rows_written      bigint      not null default 0,
+    invocation_id     text,
+    built_at          timestamptz not null default clock_timestamp(),
+    baseline_ts       timestamptz,
+    baseline_rate     double precision,
+    primary key (model, pair)
+);
+create table if not exists build_state.rewrites (
+    model   text        not null,
+    pair    text        not null,
+    from_ts timestamptz not null,
+    to_ts   timestamptz not null,
+    xid     xid8        not null default pg_current_xact_id()
+);
+create index if not exists rewrites_model_pair_xid on build_state.rewrites (model, pair, xid);
+create table if not exists build_state.model_vars (
+    model      text primary key,
+    vars       jsonb       not null,
+    built_at   timestamptz not null default clock_timestamp()
+);
+create table if not exists build_state.runs (
+    invocation_id    text primary key,
+    command          text,
+    full_refresh     boolean,
+    models_selected  integer,
+    started_at       timestamptz not null default clock_timestamp(),
+    finished_at      timestamptz,
+    status           text        not null default 'running',
+    backend_pid      integer     not null default pg_backend_pid(),
+    application_name text        default current_setting('application_name'),
+    results          jsonb
+);
+create table if not exists build_state.model_runs (
+    invocation_id    text        not null,
+    model            text        not null,
+    started_at       timestamptz not null,
+    finished_at      timestamptz not null default clock_timestamp(),
+    full_refresh     boolean     not null,
+    pairs_recomputed integer     not null,
+    rows_written     bigint      not null,
+    primary key (invocation_id, model)
+);
+create table if not exists build_state.audits (
+    audit_id          bigint generated always as identity primary key,
+    started_at        timestamptz not null,
+    finished_at       timestamptz not null default clock_timestamp(),
+    audit_snapshot    pg_snapshot not null,
+    sample_per_pair   integer     not null,
+    seed              bigint      not null,
+    full_audit        boolean     not null,
+    rows_compared     bigint      not null,
+    values_compared   bigint      not null,
+    mismatches        bigint      not null,
+    passed            boolean     not null,
+    report            jsonb       not null
+)
+{%- endmacro %}
+
+
+{#- on-run-start: the run's row in build_state.runs (committed before the first model). -#}
+{% macro record_run_start() -%}
+{%- set models = [] -%}
+{#- the selected models that log their builds (incremental: prepare_increment/record_increment) -#}
+{%- for resource in (selected_resources if selected_resources is defined else []) -%}
+    {%- set node = graph.nodes.get(resource) if resource.startswith('model.') else none -%}
+    {%- if node is not none and node.config.materialized == 'incremental' -%}
+        {%- do models.append(resource) -%}
+    {%- endif -%}
+{%- endfor -%}
+insert into build_state.runs (invocation_id, command, full_refresh, models_selected)
+values (
+    '{{ invocation_id }}',
+    '{{ flags.WHICH }}',
+    {{ 'true' if flags.FULL_REFRESH else 'false' }},
+    {{ models | length }}
+)
+on conflict (invocation_id) do nothing
+{%- endmacro %}
+
+
+{#- on-run-end: the run's status and per-node results, and the consumed rewrites pruned
+    (a rewrite visible in the snapshot of every model that reads it is no longer needed). -#}
+{% macro record_run_end() -%}
+{%- set summary = [] -%}
+{%- set failed = [] -%}
+{%- for result in results -%}
+    {%- do summary.append({
+        'node': result.node.unique_id,
+        'status': result.status | string,
+        'seconds': result.execution_time,
+        'rows': (result.adapter_response or {}).get('rows_affected'),
+        'message': (result.message or '') | string | truncate(300),
+    }) -%}
+    {%- if (result.status | string) in ('error', 'fail', 'runtime error', 'skipped') -%}
+        {%- do failed.append(result.node.unique_id) -%}
+    {%- endif -%}
+{%- endfor -%}
+update build_state.runs
+set
+    finished_at = clock_timestamp(),
+    status = '{{ "failed" if failed else "success" }}',
+    results = $results${{ tojson(summary) }}$results$::jsonb
+where invocation_id = '{{ invocation_id }}';
+delete from build_state.rewrites as consumed
+where consumed.xid < (
+    select min(pg_snapshot_xmin(readers.consumed_snapshot))
+    from build_state.model_pairs as readers
+)
+{%- endmacro %}
+
+
+{#- on-run-start: partitions of raw.m1_bars made by hand get the change-log triggers (their
+    rows are recorded as changed); a no-op before the first `bqx load`. -#}
+{% macro ensure_change_triggers() -%}
+do $ensure$
+begin
+    if to_regprocedure('raw.ensure_change_triggers()') is not null then
+        perform raw.ensure_change_triggers();
+    end if;
+end
+$ensure$
+{%- endmacro %}
+
+
+{#-
+    The writer lock (python/bqx/writer_lock.py): `bqx build` and `bqx load` hold the advisory
+    lock (classid, objid) = (writer_lock_keys()) exclusively for their whole run, on a
+    connection of their own. Each model of a plain `dbt run` takes it shared for its
+    transaction: it waits while a `bqx load` or a `bqx build` runs, and a load waits for the
+    model being written to commit. The models of `bqx build`'s own dbt skip it (the session
+    setting bqx.writer_pid, which bqx build sets through PGOPTIONS, names the build's lock
+    connection, which holds it; a var would force dbt to re-parse the project on every build). Interleaving at model
+    boundaries is harmless: each model consumes exactly the changes its snapshot saw.
+-#}
+{% macro writer_lock_keys() -%}
+    {{ return([42817, 1]) }}
+{%- endmacro %}
+
+
+{% macro writer_lock_shared() -%}
+{%- set keys = writer_lock_keys() -%}
+select pg_advisory_xact_lock_shared({{ keys[0] }}, {{ keys[1] }})
+where not exists (
+    select from pg_catalog.pg_locks as held
+    where
+        held.locktype = 'advisory' and held.classid = {{ keys[0] }} and held.objid = {{ keys[1] }}
+        and held.objsubid = 2 and held.granted and held.mode = 'ExclusiveLock'
+        and held.pid = coalesce(nullif(current_setting('bqx.writer_pid', true), '')::integer, -1)
+)
+{%- endmacro %}
+
+
+{#- A model's pre-hook: the writer lock shared, then its own lock (one writer per model). -#}
+{% macro model_locks() -%}
+{{ writer_lock_shared() }};
+select pg_advisory_xact_lock(hashtext('bqx.model {{ this }}'))
+{%- endmacro %}

@@ -1,0 +1,79 @@
+"""On an incremental `dbt build` the data tests read the rows the build wrote
+(macros/tests/written_rows.sql); the one warm-up test per model then checks each written row
+against its absolute position (m1_index.bar_number) and the written ranges for skipped bars
+(macros/tests/warmup_nulls.sql). Here its compiled SQL is run against rows broken by hand."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+
+from bqx.dbt import run_dbt
+from bqx.load import load_frame
+
+PAIRS = ["EURUSD", "USDJPY"]
+LAST_DAY = pd.Timestamp("2024-07-08", tz="UTC")
+
+
+def _dbt(dsn: str, target: Path, parse_cache: Path, *args: str) -> None:
+    target.mkdir(parents=True)
+    cache = parse_cache / "partial_parse.msgpack"
+    if cache.exists():
+        shutil.copyfile(cache, target / cache.name)
+    done = run_dbt(list(args), dsn, target_path=target, capture=True)
+    assert done.returncode == 0, done.stdout[-6000:]
+
+
+def _compiled_test(target: Path, name: str) -> str:
+    (path,) = sorted((target / "compiled").rglob(f"{name}.sql"))
+    return path.read_text()
+
+
+def _failures(dsn: str, test_sql: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"select pair, ts_utc, failures from ({test_sql}) as test_rows order by 1, 2").fetchall()
+
+
+def test_the_warmup_test_of_an_incremental_build_checks_the_rows_it_wrote(
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_parse_cache: Path, tmp_path: Path
+) -> None:
+    dsn = database_factory("written_rows")
+    bars = fixture_bars[fixture_bars["pair"].isin(PAIRS)]
+    load_frame(dsn, bars[bars["ts_utc"] < LAST_DAY], "all but the last day")
+    _dbt(dsn, tmp_path / "full", dbt_parse_cache, "run", "--select", "tag:wave1")
+    load_frame(dsn, bars[bars["ts_utc"] >= LAST_DAY], "the last day")
+    target = tmp_path / "increment"
+    _dbt(dsn, target, dbt_parse_cache, "build", "--select", "m1_index", "bqx", "statistics_bqx")
+
+    for model in ("bqx", "statistics_bqx"):
+        sql = _compiled_test(target, f"warmup_nulls_{model}_")
+        # the restricted form: positions from m1_index, the written ranges; no window over the table
+        assert "row_number()" not in sql and "build_state.model_pairs" in sql, sql[:2000]
+        assert _failures(dsn, sql) == [], model
+
+    sql = _compiled_test(target, "warmup_nulls_statistics_bqx_")
+    column = "std_w15"
+    written = pd.Timestamp("2024-07-08 12:00", tz="UTC")  # inside the written range (the last day)
+    kept = pd.Timestamp("2024-07-05 12:00", tz="UTC")  # before it: checked by the build that wrote it
+    with psycopg.connect(dsn) as conn:
+        for at in (written, kept):
+            assert conn.execute(
+                f"update features.statistics_bqx set {column} = null where pair = 'EURUSD' and ts_utc = %s", (at,)
+            ).rowcount == 1
+        deleted = conn.execute(
+            "delete from features.statistics_bqx where pair = 'USDJPY' and ts_utc = "
+            "(select min(ts_utc) from features.statistics_bqx where pair = 'USDJPY' and ts_utc >= %s)",
+            (LAST_DAY + pd.Timedelta(hours=3),),
+        ).rowcount
+        assert deleted == 1
+    failures = _failures(dsn, sql)
+    assert [(pair, failure.split(":")[0]) for pair, _, failure in failures] == [
+        ("EURUSD", column),
+        ("USDJPY", "no row of statistics_bqx for this bar of m1_index"),
+    ], failures
+    assert pd.Timestamp(failures[0][1]) == written
+    assert "NULL after its warm-up" in failures[0][2]
