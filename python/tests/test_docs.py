@@ -44,13 +44,14 @@ def test_every_feature_column_is_documented_once_in_its_models_yaml() -> None:
 
 
 def test_generated_columns_are_the_built_tables_columns(wave1_dsn: str) -> None:
-    """Every column of a feature model's table (features, bar_number carried by bqx) is in its
-    generated YAML, in the table's order, and nothing else."""
+    """Every column of a feature model's table (features, bar_number carried by bqx), of targets
+    and of the features_latest view is in its generated YAML, in the relation's order, and
+    nothing else."""
     for file in generated_files(PROJECT_DIR):
         for model in yaml.safe_load(file.text)["models"]:
             if model["name"] == "feature_matrix":
                 continue
-            schema = "marts" if model["name"] == "targets" else "features"
+            schema = "marts" if model["name"] in ("targets", "features_latest") else "features"
             documented = [column["name"] for column in model["columns"]]
             assert documented == table_columns(wave1_dsn, schema, model["name"]), model["name"]
 
