@@ -130,6 +130,10 @@ def plot_r2_over_time(daily: pd.DataFrame, targets: list[str], models: list[str]
         ax.set_title(f"{model}: test R² per day (all pairs pooled)")
         ax.legend(fontsize=7, ncols=len(targets))
     axes[-1, 0].set_xlabel("day (UTC) of known_at")
+    if not daily.empty:
+        # half a day either side: with one test day matplotlib's automatic range spans years
+        half_day = pd.Timedelta(hours=12)
+        axes[-1, 0].set_xlim(daily["day"].min() - half_day, daily["day"].max() + half_day)
     fig.autofmt_xdate()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
