@@ -20,25 +20,65 @@ where not coalesce({{ expression }}, false)
 
 
 {#- The column is NULL exactly on each pair's last `bars` rows and nowhere else: a target at t
-    reads the `bars` bars after t, so it exists exactly where they do. One scan of the model. -#}
+    reads the `bars` bars after t, so it exists exactly where they do. One scan of the rows tested:
+    a row with `bars` or more tested rows after it must hold a value; for the others (at most
+    `bars` per pair and tested range) the bars after them are counted in m1_index by position
+    (bar_number), since on an incremental build only the rewritten range is tested and a
+    correction in the middle of the data rewrites a range that ends before the pair's end. -#}
 {% test null_on_last_bars(model, column_name, bars) %}
 with numbered_from_the_end as (
     select
         pair,
         ts_utc,
         {{ column_name }} is null as value_is_null,
-        row_number() over (partition by pair order by ts_utc desc) as bars_to_the_end
+        row_number() over (partition by pair order by ts_utc desc) as tested_rows_from_the_end
     from {{ model }}
+),
+
+near_the_end as (
+    select
+        numbered_from_the_end.pair,
+        numbered_from_the_end.ts_utc,
+        numbered_from_the_end.value_is_null,
+        -- NULL: the row has no bar in m1_index (an orphan row: a failure of its own)
+        case when this_bar.pair is not null then bars_after.bar_number is null end as fewer_bars_after
+    from numbered_from_the_end
+    left join {{ ref('m1_index') }} as this_bar
+        on
+            numbered_from_the_end.pair = this_bar.pair
+            and numbered_from_the_end.ts_utc = this_bar.ts_utc
+    left join {{ ref('m1_index') }} as bars_after
+        on
+            this_bar.pair = bars_after.pair
+            and bars_after.bar_number = this_bar.bar_number + {{ bars }}
+    where numbered_from_the_end.tested_rows_from_the_end <= {{ bars }}
+),
+
+judged_rows as (
+    select
+        pair,
+        ts_utc,
+        value_is_null,
+        false as fewer_bars_after
+    from numbered_from_the_end
+    where tested_rows_from_the_end > {{ bars }}
+    union all
+    select
+        pair,
+        ts_utc,
+        value_is_null,
+        fewer_bars_after
+    from near_the_end
 )
 
 select
     pair,
     ts_utc,
-    bars_to_the_end,
     case
+        when fewer_bars_after is null then 'no bar of m1_index at this minute'
         when value_is_null then 'NULL with {{ bars }} bars or more after it'
         else 'a value with fewer than {{ bars }} bars after it'
     end as failure
-from numbered_from_the_end
-where value_is_null <> (bars_to_the_end <= {{ bars }})
+from judged_rows
+where fewer_bars_after is null or value_is_null <> fewer_bars_after
 {% endtest %}
