@@ -211,7 +211,7 @@ def pair_events(events: EventsFile, located: pa.Table, pairs: Sequence[str], key
     that were not built (by reason)."""
     pair_of = events.table.column("pair").to_numpy(zero_copy_only=False)
     reason = located.column("feature_missing_reason").to_numpy(zero_copy_only=False)
-    found = located.column("feature_ts_utc")
+    found = pc.cast(located.column("feature_ts_utc"), pa.timestamp("us", tz="UTC"))
     bar_us = np.where(pc.is_null(found).to_numpy(zero_copy_only=False), -1, _us(pc.fill_null(found, pa.scalar(0, pa.timestamp("us", tz="UTC")))))
     event_us = _us(events.table.column("event_time"))
     result = []
