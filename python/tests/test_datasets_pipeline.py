@@ -521,6 +521,8 @@ def test_events_dataset_is_the_minute_rows_at_the_events_bars(events_built: Even
     assert len(kept) == len(got) + sum(record["dropped_by_split"].values())
     assert sum(record["rows"].values()) == len(got)
     assert "events" in events_built.result.report.read_text()
+    # the rows come from the every-minute extraction, validated as for every-minute datasets
+    assert manifest["validation"]["lookahead_cuts"] and manifest["validation"] == built.manifest["validation"]
 
 
 def test_events_are_split_by_their_own_time(events_built: EventsBuilt) -> None:
@@ -619,7 +621,8 @@ def test_build_datasets_events_on_the_command_line(events_built: EventsBuilt, wa
     shutil.copytree(events_built.options.out / "features", out / "features")
     csv = tmp_path / "events.csv"
     events_built.events.assign(event_time=events_built.events["event_time"].map(lambda t: t.isoformat())).to_csv(csv, index=False)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "progress"] + ["--no-progress"]
+    # the same options as the Parquet run: only the events file differs
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "progress"] + ["--walk-forward=1", "--no-progress"]
     env = dict(os.environ, BQX_PG_DSN=wave1_dsn)
     done = subprocess.run(
         [sys.executable, str(PROJECT_DIR / "python" / "build_datasets.py"), "--events", str(csv), "--out", str(out), *flags],
@@ -630,6 +633,7 @@ def test_build_datasets_events_on_the_command_line(events_built: EventsBuilt, wa
     assert identifier != events_built.result.dataset_id
     manifest = json.loads((out / "datasets" / identifier / "manifest.json").read_text())
     assert manifest["events"]["sha256"] == ev.file_sha256(csv) and "--events" in manifest["rebuild"]
+    assert manifest["options"] == events_built.manifest["options"]
     from_csv = _dataset_rows(out / "datasets" / identifier).set_index("label").sort_index()
     from_parquet = _dataset_rows(events_built.result.dataset_dir).set_index("label").sort_index()
     assert from_csv.index.equals(from_parquet.index)

@@ -474,7 +474,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     builder_state = {"code_sha256": code_hash, **ds.git_state(project_dir), "libraries": ds.library_versions()}
     check_options(options)
     out = options.out.resolve()
-    options = dataclasses.replace(options, out=out)
+    options = dataclasses.replace(options, out=out, events=options.events.resolve() if options.events is not None else None)
     ensure_writable(out)
     remove_leftovers(out)
     catalog = load_catalog(project_dir, options.dbt_var_overrides())
