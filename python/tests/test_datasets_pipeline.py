@@ -9,6 +9,7 @@ import datetime as dt
 import filecmp
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 
 from bqx.catalog import feature_catalog
 from bqx.datasets import datasets as ds
+from bqx.datasets import events as ev
 from bqx.datasets import extract as ex
 from bqx.datasets import pipeline
 from bqx.datasets import select as sel
@@ -383,3 +385,323 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
         conn.execute("delete from features.volume_features where pair = 'EURUSD' and ts_utc = %s", (middle,))
     with pytest.raises(DatasetError, match="features.volume_features does not hold exactly the bars of EURUSD"):
         ex.extract_pairs(dsn, rebuilt[:1], catalog, tmp_path / "missing", reuse=False, progress=False)
+
+
+# --- datasets at event times (--events) --------------------------------------------------------
+
+MAX_AGE = pd.Timedelta(minutes=5)
+MINUTE = pd.Timedelta(minutes=1)
+
+
+def _extracted(out: Path, pair: str) -> pd.DataFrame:
+    frame = pq.read_table(out / "features" / f"pair={pair}" / "part-0.parquet").to_pandas()
+    frame["ts_utc"] = frame["ts_utc"].astype("datetime64[us, UTC]")
+    return frame
+
+
+def _make_events(out: Path, pairs: list[str], seed: int = 17) -> pd.DataFrame:
+    """Random instants between bar closes, instants exactly at bar closes, and the cases that get
+    no row: before the pair's first bar, a bar before the extracted range (before baseline_ts),
+    inside the warm-ups, a Saturday (stale); shuffled, with two columns of the user's."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for pair in pairs:
+        ts = _extracted(out, pair)["ts_utc"]
+        first, last = ts.min(), ts.max()
+        span = (last - first).total_seconds() + 3600
+        between = first + pd.to_timedelta(rng.uniform(-3600, span, 700).round(3), unit="s")
+        closes = ts.sample(120, random_state=seed).to_numpy() + MINUTE
+        edges = [
+            pd.Timestamp("2024-06-20 12:00", tz="UTC"),  # before the fixture's first bar
+            pd.Timestamp("2024-06-26 12:00:30", tz="UTC"),  # its bar is before baseline_ts
+            pd.Timestamp("2024-07-01 01:00:30", tz="UTC"),  # inside the warm-ups + lags
+            pd.Timestamp("2024-07-06 12:00", tz="UTC"),  # a Saturday
+        ]
+        times = pd.DatetimeIndex(np.concatenate([between.to_numpy(), closes, pd.DatetimeIndex(edges).to_numpy()]))
+        frames.append(pd.DataFrame({"pair": pair, "event_time": times.tz_localize("UTC") if times.tz is None else times}))
+    events = pd.concat(frames, ignore_index=True).sample(frac=1, random_state=seed).reset_index(drop=True)
+    events["event_time"] = events["event_time"].astype("datetime64[us, UTC]")
+    events["label"] = [f"e{i}" for i in range(len(events))]
+    events["signal"] = rng.normal(size=len(events))
+    return events
+
+
+def _event_reference(out: Path, events: pd.DataFrame, columns: list[str], longest_warmup: int, longest_lag: int) -> pd.DataFrame:
+    """Independent of the builder: pandas merge_asof of the events on the every-minute extraction
+    (a bar is known from ts_utc + 1 minute, the newest known within max_age, inclusive), lags by
+    a within-pair pandas shift, usable when the bar is past the warm-ups plus the longest lag."""
+    pieces = []
+    for pair, group in events.groupby("pair"):
+        bars = _extracted(out, pair)
+        for name in columns:
+            match = re.fullmatch(r"(.+)_lag(\d+)", name)
+            if match and name not in bars:
+                bars[name] = bars[match[1]].shift(int(match[2]))
+        bars["bar_known_at"] = bars["ts_utc"] + MINUTE
+        merged = pd.merge_asof(
+            group.sort_values("event_time"), bars, left_on="event_time", right_on="bar_known_at",
+            direction="backward", allow_exact_matches=True, tolerance=MAX_AGE,
+        )  # fmt: skip
+        merged["usable"] = merged["bar_number"] > longest_warmup + longest_lag
+        pieces.append(merged)
+    return pd.concat(pieces, ignore_index=True).set_index("label")
+
+
+def _dataset_rows(root: Path, parts: tuple[str, ...] = ("train", "val", "test")) -> pd.DataFrame:
+    frames = []
+    for part in parts:
+        for path in ds.part_files(root, part):
+            frames.append(pq.read_table(path).to_pandas().assign(part=part))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _micros(times: pd.Series) -> np.ndarray:
+    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
+
+
+@dataclasses.dataclass
+class EventsBuilt:
+    result: pipeline.BuildResult
+    options: BuilderOptions
+    manifest: dict[str, Any]
+    events: pd.DataFrame
+    path: Path
+
+
+@pytest.fixture(scope="module")
+def events_built(built: Built, wave1_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> EventsBuilt:
+    """The same options as `built`, at events: its extraction and validation are reused."""
+    out = tmp_path_factory.mktemp("events_out")
+    shutil.copytree(built.options.out / "features", out / "features")
+    events = _make_events(out, built.manifest["source"]["pairs"])
+    path = out / "events.parquet"
+    events.to_parquet(path)
+    opts = dataclasses.replace(built.options, out=out, events=path, walk_forward=1)
+    result = pipeline.run(opts, dsn=wave1_dsn)
+    return EventsBuilt(result, opts, json.loads((result.dataset_dir / "manifest.json").read_text()), events, path)
+
+
+def test_events_dataset_is_the_minute_rows_at_the_events_bars(events_built: EventsBuilt, built: Built) -> None:
+    """Each event's row = the every-minute row of its last closed bar (features, lags, targets),
+    against merge_asof on the every-minute extraction; events exactly at a bar's close equal the
+    every-minute dataset's row of that bar; every event is accounted for."""
+    manifest, catalog = events_built.manifest, feature_catalog(PROJECT_DIR)
+    selected, targets = [f["name"] for f in manifest["features"]], manifest["targets"]
+    got = _dataset_rows(events_built.result.dataset_dir).set_index("label")
+    assert list(got.columns[:4]) == ["pair", "event_row", "event_time", "signal"], "the user's columns are kept, in their order"
+    expected = _event_reference(events_built.options.out, events_built.events, selected + targets, catalog.longest_warmup_bars, max(built.options.lags))
+    kept = expected[expected["ts_utc"].notna() & expected["usable"]]
+    assert got.index.is_unique and set(got.index) <= set(kept.index)
+    ref = kept.loc[got.index]
+    assert (got["ts_utc"] == ref["ts_utc"]).all(), "an event got another bar than the last one closed at its time"
+    assert (got["known_at"] == got["event_time"]).all() and (got["event_time"] == ref["event_time"]).all()
+    assert (got["feature_age"] == ref["event_time"] - ref["bar_known_at"]).all()
+    np.testing.assert_array_equal(got["signal"].to_numpy(), ref["signal"].to_numpy())
+    assert any(name.rsplit("_lag", 1)[-1].isdigit() for name in selected), "the selection has a lag to compare"
+    for name in selected + targets:
+        a, b = got[name].to_numpy(dtype=float), ref[name].to_numpy(dtype=float)
+        assert np.array_equal(a, b, equal_nan=True), name
+    # events between closes and exactly at closes both made it in
+    at_close = got["event_time"] == got["ts_utc"] + MINUTE
+    assert at_close.sum() > 50 and (~at_close).sum() > 500
+    # ... and at a close, the row is the every-minute dataset's row of that bar
+    minutes = _dataset_rows(built.result.dataset_dir).set_index(["pair", "ts_utc"])
+    exact = got[at_close].set_index(["pair", "ts_utc"])
+    common = [c for c in [*selected, *targets] if c in minutes.columns]
+    both = exact.index.intersection(minutes.index)
+    assert len(both) > 30 and len(common) > len(targets)
+    for name in common:
+        assert np.array_equal(exact.loc[both, name].to_numpy(float), minutes.loc[both, name].to_numpy(float), equal_nan=True), name
+    # every event is accounted for: a row, a drop by reason, or the split's purge
+    record = manifest["events"]
+    assert record["events"] == len(events_built.events) and record["sha256"] == ev.file_sha256(events_built.path)
+    assert record["dropped"]["stale"] + record["dropped"]["before_first_bar"] + record["dropped"]["outside_range"] == int(expected["ts_utc"].isna().sum())
+    assert record["dropped"]["warm_up"] == int((expected["ts_utc"].notna() & ~expected["usable"]).sum()) > 0
+    assert min(record["dropped"][r] for r in ("stale", "before_first_bar", "outside_range")) >= len(built.manifest["source"]["pairs"])
+    assert len(kept) == len(got) + sum(record["dropped_by_split"].values())
+    assert sum(record["rows"].values()) == len(got)
+    assert "events" in events_built.result.report.read_text()
+    # the rows come from the every-minute extraction, validated as for every-minute datasets
+    assert manifest["validation"]["lookahead_cuts"] and manifest["validation"] == built.manifest["validation"]
+
+
+def test_events_are_split_by_their_own_time(events_built: EventsBuilt) -> None:
+    """Boundaries are the pooled quantiles of the usable events' times; a row's event time and
+    its longest target's last close lie inside its part."""
+    manifest = events_built.manifest
+    b1, b2 = (pd.Timestamp(manifest["split"]["boundaries"][k]) for k in ("train_end", "val_end"))
+    horizon = manifest["split"]["longest_horizon"]
+    got = _dataset_rows(events_built.result.dataset_dir)
+    for part, (low, high) in {"train": (None, b1), "val": (b1, b2), "test": (b2, None)}.items():
+        rows = got[got["part"] == part]
+        assert len(rows) >= pipeline.MIN_PART_ROWS
+        for pair, group in rows.groupby("pair"):
+            ts = _micros(_extracted(events_built.options.out, pair)["ts_utc"])
+            position = np.searchsorted(ts, _micros(group["ts_utc"]))
+            assert (position + horizon < ts.size).all()
+            end = pd.to_datetime(ts[position + horizon], unit="us", utc=True) + MINUTE
+            if low is not None:
+                assert (group["event_time"] > low).all(), f"{part} {pair}: an event before its part"
+            if high is not None:
+                assert (end <= high).all(), f"{part} {pair}: a target window reaches past the boundary"
+    catalog = feature_catalog(PROJECT_DIR)
+    reference = _event_reference(events_built.options.out, events_built.events, [], catalog.longest_warmup_bars, max(events_built.options.lags))
+    pooled = _micros(reference.loc[reference["ts_utc"].notna() & reference["usable"], "event_time"])
+    quantiles = [pd.Timestamp(np.quantile(pooled, q, method="inverted_cdf"), unit="us", tz="UTC") for q in (0.70, 0.85)]
+    assert [b1, b2] == quantiles
+
+
+def test_an_event_is_split_by_its_time_not_its_bars() -> None:
+    """An event 30 s after a bar's close, just past a boundary that the bar's close precedes, is
+    a validation row (by its bar's close it would have been purged); the embargo counts bars."""
+    ts = np.arange(1000, dtype=np.int64) * sp.MINUTE_US
+    keys = sp.PairKeys("EURUSD", ts, np.arange(1, 1001))
+    usable = np.ones(1000, dtype=bool)
+    positions = np.arange(100, 900)
+    event_us = ts[positions] + sp.MINUTE_US + 30_000_000
+    b1 = int(ts[500] + sp.MINUTE_US + 10_000_000)  # 10 s after bar 500 closes, 20 s before its event
+    plan = sp.SplitPlan((b1, int(ts[800])), (), 0, 5)
+    part = sp.split_times(sp.event_times(keys, usable, event_us, positions, 5), plan).part
+    at = {int(p): int(c) for p, c in zip(positions, part)}
+    assert at[495] == sp.TRAIN and at[496] == sp.NONE  # bar 495's target ends at bar 500's close, before b1
+    assert at[500] == sp.VAL, "split by the bar's close, not the event's time"
+    embargoed = sp.split_times(sp.event_times(keys, usable, event_us, positions, 5), dataclasses.replace(plan, embargo_bars=3)).part
+    assert [int(embargoed[positions == p][0]) for p in (500, 501, 503, 504)] == [sp.NONE, sp.NONE, sp.NONE, sp.VAL]
+
+
+def test_a_bar_closing_after_an_event_changes_nothing_of_it(events_built: EventsBuilt, wave1_dsn: str, tmp_path: Path) -> None:
+    """Every feature of every bar from X on changed (in the extracted file): events before X's
+    close keep their features and lags exactly, later events see the change."""
+    catalog = feature_catalog(PROJECT_DIR)
+    features, targets = [f.matrix_column for f in catalog.features], [t.column for t in catalog.targets]
+    laggable = next(f.matrix_column for f in catalog.features if f.laggable and f.model == "bqx")
+    columns = [laggable, f"{laggable}_lag60", f"{laggable}_lag180", "rate_rsi_14", "hour"]
+    x = pd.Timestamp("2024-07-03 12:00", tz="UTC")
+    offsets = [-90, -30, 0, 30, 59.999999, 60, 90, 150]  # seconds from X's open; X closes at +60
+    times = [x + pd.Timedelta(seconds=s) for s in offsets] + [x + pd.Timedelta(minutes=m) for m in (60, 182)]
+    path = tmp_path / "around_x.csv"
+    pd.DataFrame({"pair": "EURUSD", "event_time": [t.isoformat() for t in times]}).to_csv(path, index=False)
+    events = ev.read_events(path)
+    located = ev.locate(wave1_dsn, events, dt.timedelta(minutes=5), progress=False)
+    extract = ex.load_extract(events_built.options.out / "features" / "pair=EURUSD")
+    changed = _plant_from(extract, features, x, tmp_path / "changed")
+    rows = []
+    for source in (extract, changed):
+        keys = pipeline.read_keys(source)
+        usable = sp.usable_mask(keys, catalog.longest_warmup_bars, 180)
+        (found,), _ = ev.pair_events(events, located, ["EURUSD"], [keys], [usable])
+        rows.append(ds.event_rows(ds.pair_columns(source, columns, features, targets), found.table, found.bar_position).to_pandas())
+    before, after = rows
+    assert len(before) == len(times)
+    earlier = (before["event_time"] < x + MINUTE).to_numpy()
+    assert earlier.sum() == 5
+    for name in columns:
+        assert np.array_equal(before.loc[earlier, name].to_numpy(float), after.loc[earlier, name].to_numpy(float), equal_nan=True), name
+    assert (before.loc[~earlier, laggable].to_numpy() != after.loc[~earlier, laggable].to_numpy()).all()
+    # the event 182 minutes after X's open has bar X+181, whose 180-bar lag is bar X+1: changed
+    assert before[f"{laggable}_lag180"].iloc[-1] != after[f"{laggable}_lag180"].iloc[-1]
+
+
+def _plant_from(extract: ex.PairExtract, columns: list[str], start: pd.Timestamp, folder: Path) -> ex.PairExtract:
+    table = pq.read_table(extract.path)
+    later = (table.column("ts_utc").to_pandas() >= start).to_numpy()
+    for name in columns:
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, pa.array(np.where(later, values * 2 + 1, values), type=table.schema.field(name).type, from_pandas=True))
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-0.parquet")
+    return dataclasses.replace(extract, path=folder / "part-0.parquet")
+
+
+def test_build_datasets_events_on_the_command_line(events_built: EventsBuilt, wave1_dsn: str, tmp_path: Path) -> None:
+    """`build_datasets.py --events FILE.csv`: the same events as CSV give the same rows under
+    another id (the file's content is in it); the Parquet file again reuses its dataset."""
+    out = tmp_path / "cli"
+    shutil.copytree(events_built.options.out / "features", out / "features")
+    csv = tmp_path / "events.csv"
+    events_built.events.assign(event_time=events_built.events["event_time"].map(lambda t: t.isoformat())).to_csv(csv, index=False)
+    # the same options as the Parquet run: only the events file differs
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "progress"] + ["--walk-forward=1", "--no-progress"]
+    env = dict(os.environ, BQX_PG_DSN=wave1_dsn)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "python" / "build_datasets.py"), "--events", str(csv), "--out", str(out), *flags],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    identifier = (out / "datasets" / "latest").read_text().strip()
+    assert identifier != events_built.result.dataset_id
+    manifest = json.loads((out / "datasets" / identifier / "manifest.json").read_text())
+    assert manifest["events"]["sha256"] == ev.file_sha256(csv) and "--events" in manifest["rebuild"]
+    assert manifest["options"] == events_built.manifest["options"]
+    from_csv = _dataset_rows(out / "datasets" / identifier).set_index("label").sort_index()
+    from_parquet = _dataset_rows(events_built.result.dataset_dir).set_index("label").sort_index()
+    assert from_csv.index.equals(from_parquet.index)
+    assert (from_csv["event_row"] == from_parquet["event_row"] + 1).all()  # CSV rows are named by their line
+    assert (from_csv["ts_utc"] == from_parquet["ts_utc"]).all() and (from_csv["event_time"] == from_parquet["event_time"]).all()
+    assert np.array_equal(from_csv["target_bqx_h60"].to_numpy(), from_parquet["target_bqx_h60"].to_numpy())
+    again = pipeline.run(events_built.options, dsn=wave1_dsn)
+    assert again.reused_dataset and again.dataset_id == events_built.result.dataset_id
+    # a naive time: one line naming the file, the line and the rule, exit 2
+    csv.write_text("pair,event_time\nEURUSD,2024-07-03T12:00:00Z\nEURUSD,2024-07-03 12:00:30\n")
+    done = subprocess.run(
+        [str(PROJECT_DIR / ".venv" / "bin" / "bqx"), "datasets", "--events", str(csv), "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"{csv} line 3" in done.stderr and "time zone" in done.stderr
+
+
+def test_bad_event_files_are_one_line_errors(tmp_path: Path) -> None:
+    good = "2024-07-03T12:00:00Z"
+    cases = {
+        "naive.csv": (f"pair,event_time\nEURUSD,{good}\nEURUSD,2024-07-03 12:00\n", "line 3: event_time '2024-07-03 12:00' has no time zone"),
+        "unknown.csv": (f"pair,event_time\nEURUSD,{good}\nEURXXX,{good}\n", "line 3: unknown pair 'EURXXX'"),
+        "no_time.csv": ("pair,event_time\nEURUSD,\n", "line 2: event_time is empty"),
+        "no_pair.csv": (f"pair,event_time\n,{good}\n", "line 2: pair is empty"),
+        "garbled.csv": ("pair,event_time\nEURUSD,soon+01:00\n", "line 2: event_time 'soon+01:00' is not an ISO timestamp"),
+        "columns.csv": (f"pair,time\nEURUSD,{good}\n", "no column event_time"),
+        "clash.csv": (f"pair,event_time,known_at\nEURUSD,{good},1\n", "the column known_at is one the datasets write"),
+        "feature.csv": (f"pair,event_time,bqx_w15\nEURUSD,{good},1\n", "the column bqx_w15 is one the datasets write"),
+        "empty.csv": ("pair,event_time\n", "holds no events"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+    utc = pd.Timestamp(good)
+    pd.DataFrame({"pair": ["EURUSD"], "event_time": [utc.tz_localize(None)]}).to_parquet(tmp_path / "naive.parquet")
+    pd.DataFrame({"pair": ["EURUSD", "EURUSD"], "event_time": [utc, None]}).to_parquet(tmp_path / "null.parquet")
+    pd.DataFrame({"pair": ["EURUSD"], "event_time": [1.5]}).to_parquet(tmp_path / "number.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    cases.update(
+        {
+            "naive.parquet": ("", "event_time has no time zone (a timestamp[us] column)"),
+            "null.parquet": ("", "row 2: event_time is empty"),
+            "number.parquet": ("", "event_time must be a timestamp with a time zone, not double"),
+            "broken.parquet": ("", "cannot read it as Parquet"),
+            "missing.parquet": ("", "no such file"),
+        }
+    )
+    for name, (_, expected) in cases.items():
+        with pytest.raises(DatasetError) as caught:
+            ev.read_events(tmp_path / name, reserved=["bqx_w15"])
+        message = str(caught.value)
+        assert f"--events {tmp_path / name}" in message and expected in message and "\n" not in message, message
+    # any time zone is one instant; nanoseconds round down (never known earlier than it is)
+    (tmp_path / "zones.csv").write_text("pair,event_time,note\nEURUSD,2024-07-03T14:00:00.0000009+02:00,a\nUSDJPY,2024-07-03T12:00:00Z,b\n")
+    read = ev.read_events(tmp_path / "zones.csv").table.to_pandas()
+    assert (read["event_time"] == pd.Timestamp("2024-07-03 12:00", tz="UTC")).all() and read["note"].tolist() == ["a", "b"]
+    assert read["event_row"].tolist() == [2, 3]
+
+
+def test_an_event_given_a_wrong_bar_stops_the_builder() -> None:
+    """The re-check of every event row, independent of the SQL that found the bar: a bar that
+    closes after the event, or one older than the last bar closed by then, is a leak or a wrong
+    row and stops the builder naming the pair and the event's row."""
+    ts = np.arange(100, dtype=np.int64) * sp.MINUTE_US
+    keys = sp.PairKeys("EURUSD", ts, np.arange(1, 101))
+    event_us = np.array([ts[10] + sp.MINUTE_US, ts[20] + sp.MINUTE_US + 30_000_000, ts[99] + 5 * sp.MINUTE_US])
+    ev.check_rows("EURUSD", keys, event_us, np.array([10, 20, 99]), np.array([1, 2, 3]))  # the right bars pass
+    with pytest.raises(AssertionError, match="event row 2 .* closes after the event"):
+        ev.check_rows("EURUSD", keys, event_us, np.array([10, 21, 99]), np.array([1, 2, 3]))
+    with pytest.raises(AssertionError, match="event row 1 .* not the last bar closed"):
+        ev.check_rows("EURUSD", keys, event_us, np.array([9, 20, 99]), np.array([1, 2, 3]))

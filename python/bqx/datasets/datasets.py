@@ -1,7 +1,9 @@
 """Datasets: `datasets/<id>/{train,val,test}/pair=P/part-0.parquet` + `manifest.json`.
 
 Each file holds pair, ts_utc, known_at, the selected features (base and lagged, float32 unless
-the extraction kept the base column float64 for some pair) and every target (float64).
+the extraction kept the base column float64 for some pair) and every target (float64). Built at
+events (`--events`), a row is an event: pair, event_row, event_time, the events' own columns,
+then ts_utc (the event's bar), known_at (= event_time), feature_age, the features and targets.
 
 `<id>` hashes everything that shapes the files: each pair's source fingerprint and range, the
 options, the events file (none yet), the feature catalog and the builder itself (a hash of its
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bqx.datasets.extract import PARQUET_OPTIONS, ROW_GROUP_ROWS, TIMESTAMP, PairExtract, read_pair
@@ -34,7 +37,8 @@ from bqx.project import PROJECT_DIR
 
 ID_LENGTH = 16
 LIBRARIES = ("numpy", "pyarrow", "scikit-learn", "pandas", "adbc-driver-postgresql", "matplotlib")
-BUILDER_FILES = ("python/build_datasets.py", "python/bqx/datasets", "python/bqx/catalog.py")
+# the builder's code, and the retrieval that finds the events' bars (--events)
+BUILDER_FILES = ("python/build_datasets.py", "python/bqx/datasets", "python/bqx/catalog.py", "python/bqx/features.py", "macros/retrieval")
 
 
 def library_versions() -> dict[str, str]:
@@ -52,7 +56,7 @@ def builder_code_hash(project_dir: Path = PROJECT_DIR) -> str:
     digest = hashlib.sha256()
     for entry in BUILDER_FILES:
         path = project_dir / entry
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []
+        files = sorted(f for f in path.rglob("*") if f.suffix in (".py", ".sql")) if path.is_dir() else [path] if path.exists() else []
         for file in files:
             digest.update(str(file.relative_to(project_dir)).encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -101,12 +105,18 @@ class PartWriter:
         pq.write_table(table.cast(self.schema), folder / "part-0.parquet", row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
 
 
-def dataset_schema(selected: Sequence[str], types: dict[str, pa.DataType], targets: Sequence[str]) -> pa.Schema:
+def dataset_schema(selected: Sequence[str], types: dict[str, pa.DataType], targets: Sequence[str], events: pa.Schema | None = None) -> pa.Schema:
+    """The files' columns; `events` = the events' own columns (event_row, event_time, extras)."""
+    at_events = []
+    if events is not None:
+        at_events = [events.field(name).with_nullable(name not in ("event_row", "event_time")) for name in events.names]
     return pa.schema(
         [
             pa.field("pair", pa.string(), nullable=False),
+            *at_events,
             pa.field("ts_utc", TIMESTAMP, nullable=False),
             pa.field("known_at", TIMESTAMP, nullable=False),
+            *([pa.field("feature_age", pa.duration("us"), nullable=False)] if events is not None else []),
             *(pa.field(name, types[name]) for name in selected),
             *(pa.field(name, pa.float64()) for name in targets),
         ]
@@ -129,6 +139,19 @@ def pair_columns(extract: PairExtract, selected: Sequence[str], bases: Sequence[
         arrays.append(pa.array(shifted, from_pandas=True))  # NaN -> NULL, as in the source
     arrays.extend(table.column(t) for t in targets)
     return pa.Table.from_arrays(arrays, names=["pair", "ts_utc", "known_at", *selected, *targets])
+
+
+def event_rows(table: pa.Table, events: pa.Table, bar_position: np.ndarray) -> pa.Table:
+    """Rows at events from a pair's every-minute rows (`pair_columns`): each event's bar's row
+    (its features, lags within the pair, targets), the event's own columns before it, known_at
+    the event's time and feature_age its distance to the bar's close."""
+    at = table.take(pa.array(bar_position, pa.int64()))
+    event_time = events.column("event_time")
+    age = pc.subtract(event_time.cast(pa.int64()), pc.add(at.column("ts_utc").cast(TIMESTAMP).cast(pa.int64()), 60_000_000))
+    arrays = [at.column("pair"), *events.columns, at.column("ts_utc"), event_time, age.cast(pa.duration("us"))]
+    names = ["pair", *events.column_names, "ts_utc", "known_at", "feature_age"]
+    rest = at.column_names[3:]  # the selected features and the targets, after pair, ts_utc, known_at
+    return pa.Table.from_arrays([*arrays, *(at.column(n) for n in rest)], names=[*names, *rest])
 
 
 def write_parts(

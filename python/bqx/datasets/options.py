@@ -52,6 +52,14 @@ class BuilderOptions:
     seed: int = _opt(20240701, "seed of every sample, forest and model")
     lookahead_cuts: int = _opt(4, "rows whose features are rebuilt from bars cut at their minute (no-look-ahead proof); 0 skips it (recorded)")
     target_checks: int = _opt(200, "rows per pair whose targets are recomputed from m1_index")
+    events: Path | None = _opt(
+        None,
+        "build the datasets at the events of this file instead of every minute: Parquet, or CSV named *.csv, with the columns pair and "
+        "event_time (with its time zone; any other column kept); each event gets the features of the last bar closed at its time, "
+        "their lags and that bar's targets (default: none, every minute)",
+        metavar="FILE",
+    )
+    max_age: str = _opt("5min", "with --events: an event whose last closed bar is older than this gets no row (dropped, counted as stale)", metavar="DURATION")
     vars: str | None = _opt(None, "dbt vars the database was built with (JSON, as for `bqx build --vars`)", flag="--vars", metavar="JSON")
     reuse: bool = _opt(True, "reuse extracted pairs whose fingerprint is unchanged and an existing dataset id (--no-reuse re-extracts)")
     progress: bool = _opt(True, "progress bars")
@@ -70,9 +78,19 @@ class BuilderOptions:
     def identity(self) -> dict[str, Any]:
         """The options that shape a dataset (not where it is written, nor progress bars)."""
         values = dataclasses.asdict(self)
-        for name in ("out", "progress", "reuse"):
+        for name in ("out", "progress", "reuse", "events"):  # the events by their content: dataset_id's `events`
             values.pop(name)
+        if self.events is None:
+            values.pop("max_age")  # it shapes nothing without events
         return json.loads(json.dumps(values, default=str))
+
+    def event_max_age(self) -> dt.timedelta:
+        from bqx.features import RetrievalError, parse_duration
+
+        try:
+            return parse_duration(self.max_age)
+        except RetrievalError as err:
+            raise DatasetError(f"--max-age: {err}") from None
 
 
 def _date(text: str) -> dt.date:
@@ -102,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = int if spec.name == "lags" else str.upper
         elif spec.name in ("start", "end"):
             kwargs["type"] = _date
-        elif spec.name == "out":
+        elif spec.name in ("out", "events"):
             kwargs["type"] = Path
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             kwargs["type"] = type(default)
@@ -147,3 +165,4 @@ def check_options(options: BuilderOptions) -> None:
         if getattr(options, name) <= 0:
             raise DatasetError(f"--{name.replace('_', '-')} must be positive")
     options.dbt_var_overrides()
+    options.event_max_age()

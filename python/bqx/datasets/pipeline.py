@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bqx.datasets import datasets as ds
+from bqx.datasets import events as ev
 from bqx.datasets import extract as ex
 from bqx.datasets import lags as lg
 from bqx.datasets import report as rp
@@ -120,13 +121,28 @@ def validated(dsn: str, extracts: Sequence[ex.PairExtract], catalog: Any, option
 
 @dataclass(frozen=True)
 class PairRows:
-    """One pair's row keys, usable mask and part assignment."""
+    """One pair's rows (every minute, or its events with --events) and their part: `keys` are
+    the pair's extracted bars, `times` and `assignment` one entry per row, `bar_position` each
+    row's bar in the extraction."""
 
     extract: ex.PairExtract
     keys: sp.PairKeys
-    usable: np.ndarray
+    times: sp.PairTimes
     assignment: sp.Assignment
-    target_end_us: np.ndarray
+    bar_position: np.ndarray
+    events: ev.PairEvents | None = None
+
+    @property
+    def usable(self) -> np.ndarray:
+        return self.times.usable
+
+    @property
+    def known_at_us(self) -> np.ndarray:
+        return self.times.known_at_us
+
+    @property
+    def target_end_us(self) -> np.ndarray:
+        return self.times.target_end_us
 
 
 def read_keys(extract: ex.PairExtract) -> sp.PairKeys:
@@ -147,7 +163,11 @@ def _check_long_enough(sources: Sequence[ex.PairSource], longest_warmup: int, lo
             )
 
 
-def split_rows(extracts: Sequence[ex.PairExtract], catalog: Any, options: BuilderOptions) -> tuple[sp.SplitPlan, list[PairRows]]:
+def split_rows(
+    extracts: Sequence[ex.PairExtract], catalog: Any, options: BuilderOptions, events: ev.EventsFile | None = None, located: pa.Table | None = None
+) -> tuple[sp.SplitPlan, list[PairRows], dict[str, int]]:
+    """Every pair's rows and their parts. With `events` (and their bars, `located`), a row per
+    event that has a usable bar; also returns the events of pairs not built, by reason."""
     longest_lag = lg.longest(options.lags)
     longest_horizon = max(t.horizon_bars for t in catalog.targets)
     keys = [read_keys(e) for e in extracts]
@@ -158,18 +178,37 @@ def split_rows(extracts: Sequence[ex.PairExtract], catalog: Any, options: Builde
             f"the range of {empty[0]} is too short: no usable row after the longest warm-up ({catalog.longest_warmup_bars} bars) "
             f"plus the longest lag ({longest_lag} bars); widen --start/--end or use shorter --lags"
         )
-    plan = sp.plan_split([k.known_at_us[u] for k, u in zip(keys, usable)], options.train_fraction, options.val_fraction, options.walk_forward, options.embargo_bars, longest_horizon)
+    not_built: dict[str, int] = {}
+    if events is None:
+        at_events: list[ev.PairEvents | None] = [None] * len(keys)
+        times = [sp.minute_times(k, u, longest_horizon) for k, u in zip(keys, usable)]
+        positions = [np.arange(k.ts_us.size) for k in keys]
+    else:
+        found, not_built = ev.pair_events(events, located, [e.pair for e in extracts], keys, usable)
+        at_events = list(found)
+        times = [sp.event_times(k, u, f.known_at_us, f.bar_position, longest_horizon) for k, u, f in zip(keys, usable, found)]
+        positions = [f.bar_position for f in found]
+        if not any(t.usable.any() for t in times):
+            dropped = {reason: not_built.get(reason, 0) + sum(f.dropped[reason] for f in found) for reason in ev.DROP_REASONS}
+            shown = ", ".join(f"{n:,} {reason}" for reason, n in dropped.items() if n)
+            raise DatasetError(f"--events {events.path}: no event has a usable bar ({shown}): give events inside the built range, after the warm-ups")
+    plan = sp.plan_split([t.known_at_us[t.usable] for t in times], options.train_fraction, options.val_fraction, options.walk_forward, options.embargo_bars, longest_horizon)
     rows = []
-    for extract, key, mask in zip(extracts, keys, usable):
-        rows.append(PairRows(extract, key, mask, sp.split_pair(key, mask, plan), sp.target_end_us(key, longest_horizon)))
+    for extract, key, time, position, at in zip(extracts, keys, times, positions, at_events):
+        rows.append(PairRows(extract, key, time, sp.split_times(time, plan), position, at))
     totals = {name: sum(int((r.assignment.part == code).sum()) for r in rows) for code, name in sp.PART_NAMES.items()}
     short = [name for name, n in totals.items() if n < MIN_PART_ROWS]
+    if short and events is not None:
+        raise DatasetError(
+            f"--events {events.path}: the {short[0]} part holds {totals[short[0]]} events (< {MIN_PART_ROWS}) after the drops "
+            f"and the purge ({longest_horizon} bars per boundary): give more events, spread over the range"
+        )
     if short:
         raise DatasetError(
             f"the range is too short for the split: after the warm-ups ({catalog.longest_warmup_bars} bars), lags ({longest_lag}) and "
             f"the purge ({longest_horizon} bars per boundary) the {short[0]} part holds {totals[short[0]]} rows (< {MIN_PART_ROWS}); widen --start/--end"
         )
-    return plan, rows
+    return plan, rows, not_built
 
 
 def _pair_arrays(extract: ex.PairExtract, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -182,13 +221,13 @@ def selection_sample(
 ) -> tuple[sel.Sample, sel.Sample]:
     """Seeded samples of training rows across all pairs: the forest's fit rows (their targets
     close before the hold-out cut) and the hold-out (known after it), both training rows only."""
-    train_known = np.concatenate([r.keys.known_at_us[p == sp.TRAIN] for r, p in zip(rows, part_of)])
+    train_known = np.concatenate([r.known_at_us[p == sp.TRAIN] for r, p in zip(rows, part_of)])
     cut = sel.holdout_cut(train_known)
     fit_pool, hold_pool = [], []
     for index, (r, p) in enumerate(zip(rows, part_of)):
         train = np.flatnonzero(p == sp.TRAIN)
         fit_pool.append(np.column_stack([np.full(train.size, index), train])[r.target_end_us[train] <= cut])
-        hold_pool.append(np.column_stack([np.full(train.size, index), train])[r.keys.known_at_us[train] > cut])
+        hold_pool.append(np.column_stack([np.full(train.size, index), train])[r.known_at_us[train] > cut])
     rng = np.random.default_rng(options.seed + seed_offset)
     picks = []
     for pool, size in ((np.concatenate(fit_pool), options.selection_sample), (np.concatenate(hold_pool), options.holdout_rows if options.importance == "permutation" else 0)):
@@ -205,8 +244,8 @@ def selection_sample(
         arrays = _pair_arrays(r.extract, [*bases, *targets])  # one pair's columns at a time
         for k, positions in enumerate(wanted):
             if positions.size:
-                x, y = sel.gather(arrays, positions, candidates, targets)
-                parts[k].append((x, y, r.keys.known_at_us[positions], r.target_end_us[positions], np.full(positions.size, r.extract.pair)))
+                x, y = sel.gather(arrays, r.bar_position[positions], candidates, targets)  # a row's bar (an event's)
+                parts[k].append((x, y, r.known_at_us[positions], r.target_end_us[positions], np.full(positions.size, r.extract.pair)))
         del arrays
     for chunks in parts:
         if chunks:
@@ -224,11 +263,11 @@ def run_selection(rows: Sequence[PairRows], part_of: Sequence[np.ndarray], candi
     return sel.select_features(fit, holdout, candidates, top_n=options.top_n, importance=options.importance, trees=options.forest_trees, seed=options.seed + seed_offset, forest=options.forest)
 
 
-def _span(keys: sp.PairKeys, part: np.ndarray, code: int) -> list[str] | None:
+def _span(known_at_us: np.ndarray, part: np.ndarray, code: int) -> list[str] | None:
     index = np.flatnonzero(part == code)
     if not index.size:
         return None
-    return [_iso(int(keys.known_at_us[index[0]])), _iso(int(keys.known_at_us[index[-1]]))]
+    return [_iso(int(known_at_us[index].min())), _iso(int(known_at_us[index].max()))]
 
 
 def _iso(us: int) -> str:
@@ -275,15 +314,19 @@ def build_manifest(
     builder_state: dict[str, Any],
     catalog_digest: str,
     validation: dict[str, Any],
+    events_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     longest_lag = lg.longest(options.lags)
     per_pair = {}
     for r in rows:
         counts = dict(part_counts[r.extract.pair])
         counts.update(r.assignment.counts)
+        if r.events is not None:
+            counts["events"] = int(r.known_at_us.size + sum(r.events.dropped.values()))
+            counts.update(r.events.dropped)
         per_pair[r.extract.pair] = {
             "rows": counts,
-            "spans": {name: _span(r.keys, r.assignment.part, code) for code, name in sp.PART_NAMES.items()},
+            "spans": {name: _span(r.known_at_us, r.assignment.part, code) for code, name in sp.PART_NAMES.items()},
         }
     totals: dict[str, int] = {}
     for entry in per_pair.values():
@@ -292,6 +335,7 @@ def build_manifest(
     return {
         "id": identifier,
         "rebuild": "python python/build_datasets.py " + " ".join(_cli_args(options)),
+        "events": events_record,
         "builder": builder_state,
         "options": options.identity(),
         "dbt_vars": dbt_vars(PROJECT_DIR) | options.dbt_var_overrides(),
@@ -321,7 +365,8 @@ def build_manifest(
         "split": {
             "fractions": [options.train_fraction, options.train_fraction + options.val_fraction],
             "boundaries": {"train_end": _iso(plan.boundaries[0]), "val_end": _iso(plan.boundaries[1])},
-            "rule": "train: target_end <= train_end; val: known_at > train_end and target_end <= val_end; test: known_at > val_end",
+            "rule": "train: target_end <= train_end; val: known_at > train_end and target_end <= val_end; test: known_at > val_end"
+            + ("; a row is an event: known_at = event_time, target_end = the close of bar t+H of its bar t" if events_record else ""),
             "longest_horizon": plan.longest_horizon,
             "embargo_bars": plan.embargo_bars,
             "fold_cuts": [[_iso(a), _iso(b)] for a, b in plan.fold_cuts],
@@ -335,9 +380,29 @@ def build_manifest(
     }
 
 
+def _events_record(events: ev.EventsFile, options: BuilderOptions, rows: Sequence[PairRows], not_built: dict[str, int]) -> dict[str, Any]:
+    """The events file (by content), the rule, and where every event went."""
+    dropped = {reason: int(not_built.get(reason, 0)) + sum(r.events.dropped[reason] for r in rows if r.events is not None) for reason in ev.DROP_REASONS}
+    split = {name: sum(int(r.assignment.counts.get(name, 0)) for r in rows) for name in ("purged", "embargoed", "incomplete_target")}
+    written = {name: sum(int((r.assignment.part == code).sum()) for r in rows) for code, name in sp.PART_NAMES.items()}
+    return {
+        "file": str(options.events),
+        "sha256": events.sha256,
+        "events": events.table.num_rows,
+        "columns_kept": list(events.extra_columns),
+        "max_age": str(options.event_max_age()),
+        "rule": "an event's row is its bar t = the pair's last bar with ts_utc + 1 minute <= event_time (age <= max_age): bar t's features, "
+        "lags k bars before t in the pair, bar t's targets (closes of t+1 ... t+H, all after the event); known_at = event_time",
+        "dropped": dropped,
+        "dropped_by_split": split,
+        "rows": written,
+        "dropped_pairs_not_built": {reason: n for reason, n in not_built.items() if n},
+    }
+
+
 def _cli_args(options: BuilderOptions) -> list[str]:
     values = options.identity()
-    args = []
+    args = ["--events", str(options.events)] if options.events is not None else []
     for name, value in values.items():
         if value is None:
             continue
@@ -357,6 +422,7 @@ def _write_dataset(
     options: BuilderOptions,
     candidates: Sequence[lg.Candidate],
     selection: sel.Selection,
+    event_schema: pa.Schema | None = None,
 ) -> tuple[dict[str, dict[str, int]], dict[str, pa.DataType], list[dict[str, Any]]]:
     from tqdm import tqdm
 
@@ -364,21 +430,24 @@ def _write_dataset(
     targets = [t.column for t in catalog.targets]
     extracts = [r.extract for r in rows]
     types = ds.column_types(selection.selected, features, extracts)
-    writer = ds.PartWriter(tmp, ds.dataset_schema(selection.selected, types, targets))
+    writer = ds.PartWriter(tmp, ds.dataset_schema(selection.selected, types, targets, event_schema))
+
+    def pair_rows(r: PairRows, selected: Sequence[str]) -> pa.Table:
+        table = ds.pair_columns(r.extract, selected, features, targets)  # every minute, lags within the pair
+        return table if r.events is None else ds.event_rows(table, r.events.table, r.bar_position)
+
     counts = {}
     for r in tqdm(rows, desc="write datasets", disable=not options.progress, leave=False):
-        table = ds.pair_columns(r.extract, selection.selected, features, targets)
-        counts[r.extract.pair] = ds.write_parts(writer, table, r.assignment, targets)
+        counts[r.extract.pair] = ds.write_parts(writer, pair_rows(r, selection.selected), r.assignment, targets)
     folds = []
     for k in range(len(plan.fold_cuts)):
-        assignments = [sp.fold_pair(r.keys, r.usable, plan, k) for r in rows]
+        assignments = [sp.fold_times(r.times, plan, k) for r in rows]
         fold_selection = run_selection(rows, [a.part for a in assignments], candidates, targets, options, seed_offset=k + 1)
         fold_types = ds.column_types(fold_selection.selected, features, extracts)
-        fold_writer = ds.PartWriter(tmp / "folds" / str(k + 1), ds.dataset_schema(fold_selection.selected, fold_types, targets))
+        fold_writer = ds.PartWriter(tmp / "folds" / str(k + 1), ds.dataset_schema(fold_selection.selected, fold_types, targets, event_schema))
         fold_counts = {}
         for r, assignment in zip(rows, assignments):
-            table = ds.pair_columns(r.extract, fold_selection.selected, features, targets)
-            fold_counts[r.extract.pair] = ds.write_parts(fold_writer, table, assignment, targets, {sp.TRAIN: "train", sp.VAL: "val"})
+            fold_counts[r.extract.pair] = ds.write_parts(fold_writer, pair_rows(r, fold_selection.selected), assignment, targets, {sp.TRAIN: "train", sp.VAL: "val"})
         fold_selection.importances.to_csv(tmp / "folds" / str(k + 1) / "importances.csv", index=False)
         folds.append(
             {
@@ -405,13 +474,14 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     builder_state = {"code_sha256": code_hash, **ds.git_state(project_dir), "libraries": ds.library_versions()}
     check_options(options)
     out = options.out.resolve()
-    options = dataclasses.replace(options, out=out)
+    options = dataclasses.replace(options, out=out, events=options.events.resolve() if options.events is not None else None)
     ensure_writable(out)
     remove_leftovers(out)
     catalog = load_catalog(project_dir, options.dbt_var_overrides())
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
+    events = ev.read_events(options.events, reserved=[*features, *targets]) if options.events is not None else None
     dsn = dsn or server.ensure_server(project_dir)  # BQX_PG_DSN, or the embedded server (started if need be)
     vars_in_force = dbt_vars(project_dir) | options.dbt_var_overrides()  # the catalog keeps the overrides only
     known_pairs = list(vars_in_force.get("pairs", []))
@@ -421,7 +491,15 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
             raise DatasetError(f"--pairs: {unknown[0]} is not one of the pairs of the dbt var `pairs` ({', '.join(known_pairs[:4])}, ...)")
     with ex.connect(dsn) as conn:
         ex.require_models(conn, models, dsn)
-        pairs = list(options.pairs) if options.pairs else ex.pairs_with_bars(conn, known_pairs)
+        if options.pairs:
+            pairs = list(options.pairs)
+        elif events is not None:  # the events' pairs that have bars (the others' events: before_first_bar)
+            event_pairs = set(events.table.column("pair").unique().to_pylist())
+            pairs = ex.pairs_with_bars(conn, [p for p in known_pairs if p in event_pairs])
+            if not pairs:
+                raise DatasetError(f"--events {options.events}: none of its pairs ({', '.join(sorted(event_pairs)[:4])}) has bars in the database {ex.where(dsn)}")
+        else:
+            pairs = ex.pairs_with_bars(conn, known_pairs)
         if not pairs:
             raise DatasetError(f"the database {ex.where(dsn)} holds no bars of any pair: load them with `bqx load`, then `bqx build`")
         _status(f"fingerprinting {len(pairs)} pairs", options)
@@ -434,21 +512,26 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     digest = catalog_hash(catalog)
     validation = validated(dsn, extracts, catalog, options, end_ts, digest)
 
-    identifier = ds.dataset_id(extracts, options.identity(), digest, code_hash)
+    identifier = ds.dataset_id(extracts, options.identity(), digest, code_hash, events.sha256 if events is not None else None)
     datasets_dir = out / "datasets"
     root = datasets_dir / identifier
     reused = root.is_dir() and (root / "manifest.json").is_file() and options.reuse
     if not reused:
         if root.exists():  # --no-reuse: a finished dataset is never overwritten, only rebuilt aside and compared
             raise DatasetError(f"dataset {identifier} already exists at {root}: it is never overwritten (drop --no-reuse to reuse it, or delete it)")
-        plan, rows = split_rows(extracts, catalog, options)
+        located = None
+        if events is not None:
+            _status(f"finding the bar of each of {events.table.num_rows:,} events (point-in-time retrieval)", options)
+            located = ev.locate(dsn, events, options.event_max_age(), options.progress)
+        plan, rows, not_built = split_rows(extracts, catalog, options, events, located)
         candidates = lg.candidates(features, [f.matrix_column for f in catalog.features if f.laggable], options.lags)
         _status(f"selecting {options.top_n} of {len(candidates)} candidates (forest on {options.selection_sample:,} training rows)", options)
         selection = run_selection(rows, [r.assignment.part for r in rows], candidates, targets, options)
         datasets_dir.mkdir(parents=True, exist_ok=True)
         with temporary_path(root) as tmp:
             tmp.mkdir()
-            counts, types, folds = _write_dataset(tmp, rows, plan, catalog, options, candidates, selection)
+            event_schema = events.table.drop_columns(["pair"]).schema if events is not None else None
+            counts, types, folds = _write_dataset(tmp, rows, plan, catalog, options, candidates, selection, event_schema)
             _status("fitting the baseline models", options)
             train_set, train_rows = training_set(tmp, selection.selected, targets, options.train_sample, options.seed, plan.longest_horizon)
             evaluation = tr.fit_and_score(
@@ -459,7 +542,8 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
                 options.seed,
                 options.progress,
             )
-            manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation)
+            events_record = _events_record(events, options, rows, not_built) if events is not None else None
+            manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation, events_record)
             manifest["training"] = {
                 "train_rows": train_rows,
                 "train_rows_sampled": int(train_set.y.shape[0]),

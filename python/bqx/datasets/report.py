@@ -201,6 +201,19 @@ def verdict(metrics: pd.DataFrame) -> str:
     )
 
 
+def _events_lines(events: dict | None) -> list[str]:
+    """What an events dataset is made of (nothing for an every-minute dataset)."""
+    if not events:
+        return []
+    dropped = ", ".join(f"{n:,} {reason}" for reason, n in {**events["dropped"], **events["dropped_by_split"]}.items() if n) or "none"
+    return [
+        "",
+        f"Rows at the {events['events']:,} events of `{events['file']}` (sha256 {events['sha256'][:12]}…), not every minute: each event has the "
+        f"features and lags of the last bar closed at its time (max age {events['max_age']}) and that bar's targets; split by the event's time. "
+        f"Written: train {events['rows']['train']:,}, val {events['rows']['val']:,}, test {events['rows']['test']:,}; dropped: {dropped}.",
+    ]
+
+
 def write_report(
     folder: Path,
     selection_folder: Path,
@@ -233,6 +246,7 @@ def write_report(
         f"baseline_ts or --start to {manifest['source']['last_bar']}; {len(manifest['features'])} selected features "
         f"of {selection['sampled']['candidates']} candidates; targets {', '.join(targets)}.",
         f"Files: `datasets/{manifest['id']}/` (manifest.json says how to rebuild them).",
+        *_events_lines(manifest.get("events")),
         "",
         "## What R² the data supports",
         "",

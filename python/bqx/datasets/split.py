@@ -11,7 +11,9 @@ A row belongs to a part only if both its known_at and its target_end lie inside 
     val:   known_at > b1 and target_end <= b2
     test:  known_at > b2 and its target_end exists (t+H is an extracted bar)
 Rows whose target window straddles a boundary are purged; with an embargo of E bars, the first
-E bars of each pair after each boundary are dropped as well. Walk-forward folds split the
+E bars of each pair after each boundary are dropped as well (a row at an event: when its bar is
+one of them). Rows at events (`--events`, bqx.datasets.events) are split by the same rule with
+known_at = the event's time and target_end = the close of bar t+H of the event's bar t. Walk-forward folds split the
 train+val span the same way at K more pooled quantiles (expanding training windows).
 """
 
@@ -78,13 +80,16 @@ def assign(
     cuts: list[int],
     embargo_bars: int,
     last_open_part: bool,
+    bars: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Assignment:
     """Part i (1-based) holds the rows whose known_at AND target_end lie in (cut[i-1], cut[i]]
     (cut[0] = -inf); after the last cut comes an open-ended part when `last_open_part` (the
     test part), else none (walk-forward folds pass their val end as the last cut).
 
     Purged rows straddle a cut (known_at <= cut < target_end); embargoed rows are the first
-    `embargo_bars` rows after a cut.
+    `embargo_bars` rows after a cut. With `bars` = (each row's bar position, the pair's bars'
+    known_at), rows are events: embargoed are those whose bar is one of the pair's first
+    `embargo_bars` bars known after the cut.
     """
     n = known_at.size
     part = np.zeros(n, dtype=np.int8)
@@ -95,8 +100,11 @@ def assign(
         inside = usable & (known_at > low) & (known_at <= high)
         complete = inside & (end <= high)
         if index > 0 and embargo_bars > 0:
-            after_cut = np.flatnonzero(inside)
-            embargoed = after_cut[:embargo_bars]
+            if bars is None:
+                embargoed = np.flatnonzero(inside)[:embargo_bars]
+            else:
+                first_bar_after = np.searchsorted(bars[1], low, side="right")
+                embargoed = np.flatnonzero(inside & (bars[0] < first_bar_after + embargo_bars))
             counts["embargoed"] += int(complete[embargoed].sum())
             complete[embargoed] = False
         part[complete] = index + 1
@@ -147,18 +155,48 @@ def plan_split(
     return SplitPlan((b1, b2), tuple(fold_cuts), embargo_bars, longest_horizon)
 
 
-def split_pair(keys: PairKeys, usable: np.ndarray, plan: SplitPlan) -> Assignment:
+@dataclass(frozen=True)
+class PairTimes:
+    """What the split needs of one pair's rows: when each is known and when its longest target
+    is, whether it is usable, and (rows at events) each row's bar and the pair's bars' known_at."""
+
+    pair: str
+    known_at_us: np.ndarray
+    target_end_us: np.ndarray
+    usable: np.ndarray
+    bars: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def minute_times(keys: PairKeys, usable: np.ndarray, longest_horizon: int) -> PairTimes:
+    """Every minute of the pair is a row."""
+    return PairTimes(keys.pair, keys.known_at_us, target_end_us(keys, longest_horizon), usable)
+
+
+def event_times(keys: PairKeys, usable_bars: np.ndarray, known_at_us: np.ndarray, bar_position: np.ndarray, longest_horizon: int) -> PairTimes:
+    """A row per event: known at the event's time, its targets those of its bar."""
+    return PairTimes(keys.pair, known_at_us, target_end_us(keys, longest_horizon)[bar_position], usable_bars[bar_position], (bar_position, keys.known_at_us))
+
+
+def split_times(times: PairTimes, plan: SplitPlan) -> Assignment:
     """train / val / test of one pair's rows."""
-    end = target_end_us(keys, plan.longest_horizon)
-    assignment = assign(keys.known_at_us, end, usable, list(plan.boundaries), plan.embargo_bars, last_open_part=True)
-    check_assignment(keys.pair, keys.known_at_us, end, assignment, list(plan.boundaries), last_open_part=True)
+    assignment = assign(times.known_at_us, times.target_end_us, times.usable, list(plan.boundaries), plan.embargo_bars, last_open_part=True, bars=times.bars)
+    check_assignment(times.pair, times.known_at_us, times.target_end_us, assignment, list(plan.boundaries), last_open_part=True)
     return assignment
+
+
+def fold_times(times: PairTimes, plan: SplitPlan, fold: int) -> Assignment:
+    """train / val of walk-forward fold `fold` (0-based) for one pair."""
+    train_end, val_end = plan.fold_cuts[fold]
+    assignment = assign(times.known_at_us, times.target_end_us, times.usable, [train_end, val_end], plan.embargo_bars, last_open_part=False, bars=times.bars)
+    check_assignment(times.pair, times.known_at_us, times.target_end_us, assignment, [train_end, val_end], last_open_part=False)
+    return assignment
+
+
+def split_pair(keys: PairKeys, usable: np.ndarray, plan: SplitPlan) -> Assignment:
+    """train / val / test of one pair's minutes."""
+    return split_times(minute_times(keys, usable, plan.longest_horizon), plan)
 
 
 def fold_pair(keys: PairKeys, usable: np.ndarray, plan: SplitPlan, fold: int) -> Assignment:
-    """train / val of walk-forward fold `fold` (0-based) for one pair."""
-    end = target_end_us(keys, plan.longest_horizon)
-    train_end, val_end = plan.fold_cuts[fold]
-    assignment = assign(keys.known_at_us, end, usable, [train_end, val_end], plan.embargo_bars, last_open_part=False)
-    check_assignment(keys.pair, keys.known_at_us, end, assignment, [train_end, val_end], last_open_part=False)
-    return assignment
+    """train / val of walk-forward fold `fold` (0-based) for one pair's minutes."""
+    return fold_times(minute_times(keys, usable, plan.longest_horizon), plan, fold)
