@@ -47,7 +47,8 @@ with as_of_events as (
         events.pair,
         events.event_time,
         events.event_time - interval '1 minute' as cutoff_ts,
-        row_number() over () as event_number
+        -- numbered within its pair: a window over every pair would not be shard-local on Citus
+        row_number() over (partition by events.pair) as event_number
     from {{ events_relation }} as events
 ),
 
@@ -95,6 +96,7 @@ as_of_timeline as (
 as_of_located as (
     -- each event's newest bar so far: a running max over its pair's sequence
     select
+        as_of_timeline.pair,
         as_of_timeline.kind,
         as_of_timeline.event_number,
         max(as_of_timeline.bar_ts) over timeline_so_far as found_bar_ts
@@ -115,7 +117,9 @@ as_of_found as (
         as_of_located.found_bar_ts
     from as_of_events
     inner join as_of_located
-        on as_of_events.event_number = as_of_located.event_number
+        on
+            as_of_events.pair = as_of_located.pair
+            and as_of_events.event_number = as_of_located.event_number
     where as_of_located.kind = 1
 ),
 {%- else %}
@@ -277,12 +281,12 @@ select
     end as built_through_ts
 from ({{ pairs_query }}) as wanted_pairs
 cross join lateral (
+    -- a probe per model and pair as a function: shard-local on Citus, where a correlated
+    -- subquery per pair cannot run (macros/distribution/distribution.sql)
     select
         {%- for model in models %}
-        (
-            select max(built.ts_utc) from {{ ref(model) }} as built
-            where built.pair = wanted_pairs.pair
-        ) as {{ model }}_ts{{ "," if not loop.last }}
+        bqx_functions.pair_last_ts('{{ ref(model) }}'::regclass, wanted_pairs.pair) as {{ model }}_ts
+        {{- "," if not loop.last }}
         {%- endfor %}
 ) as newest_rows
 {%- endmacro %}
