@@ -168,3 +168,37 @@ begin
 end
 $lookup$
 {%- endmacro %}
+
+
+{#- baseline_rates on Citus (models/staging/baseline_rates.sql): the per-pair probes of a VALUES
+    list it uses on one server (`lateral ... limit 1`, correlated subqueries) cannot run on the
+    shards ("complex joins are only supported when all distributed tables are co-located and
+    joined on their distribution columns"); grouped by pair, each shard answers for its pairs. -#}
+{% macro distributed_baseline_rates_sql(bars_relation) -%}
+-- Citus: each shard finds its pairs' first bar at or after the baseline date
+select
+    bars.pair,
+    bars.ts_utc as baseline_ts,
+    bars.close as baseline_rate
+from {{ bars_relation }} as bars
+inner join (
+    select
+        after_baseline.pair,
+        min(after_baseline.ts_utc) as baseline_ts
+    from {{ bars_relation }} as after_baseline
+    where after_baseline.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
+    group by after_baseline.pair
+) as first_bars
+    on bars.pair = first_bars.pair and bars.ts_utc = first_bars.baseline_ts
+{%- endmacro %}
+
+{#- The pairs whose last bar is before the baseline date, with that bar (baseline_rates' check). -#}
+{% macro distributed_pairs_before_baseline_sql(bars_relation) -%}
+select
+    bars.pair,
+    max(bars.ts_utc) as last_ts
+from {{ bars_relation }} as bars
+group by bars.pair
+having max(bars.ts_utc) < {{ utc_timestamp(var('baseline_date')) }}
+order by bars.pair
+{%- endmacro %}

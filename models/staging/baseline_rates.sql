@@ -1,21 +1,12 @@
-{#- distribution: on Citus a reference table (a row per pair, on every node), which m1_index's
-    bookkeeping on the coordinator joins (macros/distribution/distribution.sql) -#}
 {{ config(materialized='table', distribution='reference') }}
+{#- distribution: on Citus a reference table (a row per pair, on every node), which m1_index's
+    bookkeeping on the coordinator joins (macros/distribution/distribution.sql) #}
 
 {#- Fail the build, naming them, when pairs have bars but none at or after the baseline date:
     their index would be undefined. Runs only at execution (not when compiling or linting).
     Index probes per pair on raw.m1_bars' primary key, never a scan of the bars. -#}
 {% if execute and not flags.WHICH in ('compile', 'docs', 'ls', 'parse') %}
     {% set missing_sql %}
-        {%- if distributed() %}
-        -- Citus: per shard, the pairs whose last bar is before the baseline date (a probe per pair
-        -- of a VALUES list is a correlated subquery Citus cannot run on the shards)
-        select bars.pair, max(bars.ts_utc) as last_ts
-        from {{ ref('stg_m1_bars') }} as bars
-        group by bars.pair
-        having max(bars.ts_utc) < {{ utc_timestamp(var('baseline_date')) }}
-        order by bars.pair
-        {%- else %}
         select
             known.pair,
             (
@@ -28,8 +19,10 @@
             where bars.pair = known.pair and bars.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
         )
         order by known.pair
-        {%- endif %}
     {% endset %}
+    {% if distributed() %}
+        {% set missing_sql = distributed_pairs_before_baseline_sql(ref('stg_m1_bars')) %}
+    {% endif %}
     {% set missing = run_query(missing_sql) %}
     {% set names = [] %}
     {% for row in missing.rows if row[1] is not none %}
@@ -42,38 +35,22 @@
     {% endif %}
 {% endif %}
 
-{%- if distributed() %}
--- Citus (distributed by pair, macros/distribution/distribution.sql): each shard finds its pairs'
--- first bar at or after the baseline date (a lateral probe per pair of a VALUES list cannot be
--- pushed down to the shards)
-select
-    bars.pair,
-    bars.ts_utc as baseline_ts,
-    bars.close as baseline_rate
-from {{ ref('stg_m1_bars') }} as bars
-inner join (
+{% if distributed() -%}
+{{ distributed_baseline_rates_sql(ref('stg_m1_bars')) }}
+{%- else -%}
+    -- per pair, the first bar at or after the baseline date: one index probe each
     select
-        after_baseline.pair,
-        min(after_baseline.ts_utc) as baseline_ts
-    from {{ ref('stg_m1_bars') }} as after_baseline
-    where after_baseline.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
-    group by after_baseline.pair
-) as first_bars
-    on bars.pair = first_bars.pair and bars.ts_utc = first_bars.baseline_ts
-{%- else %}
--- per pair, the first bar at or after the baseline date: one index probe each
-select
-    known_pairs.pair,
-    first_bar.ts_utc as baseline_ts,
-    first_bar.close as baseline_rate
-from {{ pair_values() }} as known_pairs (pair)
-inner join lateral (
-    select
-        bars.ts_utc,
-        bars.close
-    from {{ ref('stg_m1_bars') }} as bars
-    where bars.pair = known_pairs.pair and bars.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
-    order by bars.ts_utc
-    limit 1
-) as first_bar on true
+        known_pairs.pair,
+        first_bar.ts_utc as baseline_ts,
+        first_bar.close as baseline_rate
+    from {{ pair_values() }} as known_pairs (pair)
+    inner join lateral (
+        select
+            bars.ts_utc,
+            bars.close
+        from {{ ref('stg_m1_bars') }} as bars
+        where bars.pair = known_pairs.pair and bars.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
+        order by bars.ts_utc
+        limit 1
+    ) as first_bar on true
 {%- endif %}
