@@ -5,6 +5,8 @@ each test run starts from empty nodes and leaves nothing behind."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 from psycopg import sql
 
@@ -51,10 +53,19 @@ def create_plain_database(admin_dsn: str, name: str) -> str:
     return with_database(admin_dsn, name)
 
 
-def drop_database(admin_dsn: str, name: str) -> None:
-    """Drop `name` on the coordinator and every worker (where it exists)."""
+def drop_database(admin_dsn: str, name: str, attempts: int = 5) -> None:
+    """Drop `name` on the coordinator and every worker (where it exists). A session that connects
+    while the drop terminates the others (Citus' maintenance daemon, an autovacuum worker) can
+    make one attempt fail: retried, then the error is raised."""
     _, workers = node_ports(admin_dsn)
     coordinator_port = int(psycopg.conninfo.conninfo_to_dict(admin_dsn).get("port") or 5432)
     for port in [coordinator_port, *workers]:
-        with psycopg.connect(_on_node(admin_dsn, port, "postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        for attempt in range(attempts):
+            try:
+                with psycopg.connect(_on_node(admin_dsn, port, "postgres"), autocommit=True) as conn:
+                    conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+                break
+            except psycopg.errors.ObjectInUse:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1 + attempt)
