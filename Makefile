@@ -8,7 +8,7 @@ DEMO_BARS := data/demo_bars
 DEMO_START ?= 2024-07-01
 DEMO_END   ?= 2024-09-01
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-citus lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,22 @@ lint: $(STAMP)
 # against that build (the README's `bqx lint`, run as written by python/tests/test_cli.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The same wave-1 builds on a local Citus cluster (coordinator + 2 workers, PostgreSQL 15) and on
+# the same server without distribution, compared bit for bit (python/tests/test_citus.py). The
+# cluster is ../shared/citus/cluster.sh (CITUS_CLUSTER overrides; searched in shared/citus/ of the
+# folders above this one); it runs as root and TRUSTS every local connection while it runs: only
+# on a machine you do not share. `../shared/citus/cluster.sh stop` stops it.
+test-citus: $(STAMP)
+	@script="$${CITUS_CLUSTER:-}"; dir="$(CURDIR)"; \
+	while [ -z "$$script" ] && [ "$$dir" != / ]; do \
+	  dir=$$(dirname "$$dir"); [ -x "$$dir/shared/citus/cluster.sh" ] && script="$$dir/shared/citus/cluster.sh"; \
+	done; \
+	if [ -z "$$script" ] || [ ! -x "$$script" ]; then \
+	  echo "make test-citus: no Citus test cluster script (looked for shared/citus/cluster.sh above $(CURDIR)); set CITUS_CLUSTER=/path/to/cluster.sh" >&2; exit 2; \
+	fi; \
+	dsn=$$("$$script" start | tail -n 1) || { echo "make test-citus: $$script start failed" >&2; exit 2; }; \
+	BQX_CITUS_DSN="$$dsn" $(BIN)/python -m pytest python/tests/test_citus.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

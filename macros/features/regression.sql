@@ -351,8 +351,9 @@ reg_window_sums as (
         pq_grid + ({{ start }}).lq_grid as sq_grid_w{{ window }},
         pq_rest + ({{ start }}).lq_rest as sq_rest_w{{ window }}
         {%- endfor %}
+        {{- planner_fence_column('reg_window_starts') }}
     from reg_window_starts
-    offset 0
+    {{ planner_fence() }}
 ),
 
 reg_moments as (
@@ -381,8 +382,9 @@ reg_moments as (
         case when flat_w{{ window }} then 0.0 else s1_w{{ window }} * {{ reg_float(1.0 / su) }} end as beta1_w{{ window }},
         case when flat_w{{ window }} then 0.0 else s2k_w{{ window }} * {{ reg_float(1.0 / sp) }} end as beta2_w{{ window }}
         {%- endfor %}
+        {{- planner_fence_column('reg_window_sums') }}
     from reg_window_sums
-    offset 0
+    {{ planner_fence() }}
 ),
 
 reg_fits as (
@@ -408,8 +410,9 @@ reg_fits as (
             )
         end as sse_w{{ window }}
         {%- endfor %}
+        {{- planner_fence_column('reg_moments') }}
     from reg_moments
-    offset 0
+    {{ planner_fence() }}
 ),
 
 reg_values as (

@@ -84,8 +84,9 @@ spread_moments as (
         spread_sums.window_min_w{{ w }},
         spread_sums.window_max_w{{ w }}
         {%- endfor %}
+        {{- planner_fence_column('spread_sums') }}
     from spread_sums
-    offset 0
+    {{ planner_fence() }}
 )
 
 select

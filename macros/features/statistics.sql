@@ -71,8 +71,9 @@ statistics_moments as (
         statistics_sums.window_min_w{{ window }},
         statistics_sums.window_max_w{{ window }}
         {%- endfor %}
+        {{- planner_fence_column('statistics_sums') }}
     from statistics_sums
-    offset 0
+    {{ planner_fence() }}
 ),
 
 statistics_values as (

@@ -115,8 +115,9 @@ from (
                     target_closes.is_new,
                     target_closes.close_idx,
                     floor(target_closes.close_idx * {{ 2 ** whole_bits }}) as close_whole
+                    {{- planner_fence_column('target_closes') }}
                 from {{ source }} as target_closes
-                offset 0
+                {{ planner_fence() }}
             ) as whole_closes
         ) as scaled_closes
     ) as target_parts

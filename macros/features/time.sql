@@ -84,23 +84,34 @@
 
 {#- A select over `source` (ts_utc, one row per minute) giving ts_utc and every column of
     time_column_names(): the calendar of those minutes. The features depend on ts_utc only, so
-    the model computes them once per minute, not once per pair and minute (see time_features). -#}
-{% macro time_features_sql(source) -%}
+    the model computes them once per minute, not once per pair and minute (see time_features).
+    by_pair: `source` has one row per pair and minute (pair, ts_utc), carried through; on Citus
+    (distributed by pair) each shard computes the calendar of its own pairs' minutes, since
+    distinct minutes across pairs would gather every pair's minutes on the coordinator. -#}
+{% macro time_features_sql(source, by_pair=false) -%}
 with bar_clocks as (
     select
+        {%- if by_pair %}
+        bars.pair,
+        {%- endif %}
         bars.ts_utc,
         bars.ts_utc at time zone 'UTC' as utc_time,
         {%- for session in market_sessions() %}
         bars.ts_utc at time zone '{{ session.zone }}' as {{ session.city }}_time{{ "," if not loop.last }}
         {%- endfor %}
+        {{- planner_fence_column('bars') if by_pair }}
     from {{ source }} as bars
-    -- offset 0: computed once per row (a subquery the planner would otherwise inline into every
-    -- expression that reads these columns, converting each timestamp many times)
-    offset 0
+    -- a planner fence (offset 0 on plain PostgreSQL): computed once per row (a subquery the planner
+    -- would otherwise inline into every expression that reads these columns, converting each
+    -- timestamp many times)
+    {{ planner_fence() }}
 ),
 
 bar_calendars as (
     select
+        {%- if by_pair %}
+        bar_clocks.pair,
+        {%- endif %}
         bar_clocks.ts_utc,
         extract(hour from bar_clocks.utc_time)::integer as hour,
         (extract(hour from bar_clocks.utc_time) * 60 + extract(minute from bar_clocks.utc_time))::integer
@@ -119,11 +130,15 @@ bar_calendars as (
                 )::integer
         end as minutes_into_{{ session.city }}{{ "," if not loop.last }}
         {%- endfor %}
+        {{- planner_fence_column('bar_clocks') if by_pair }}
     from bar_clocks
-    offset 0
+    {{ planner_fence() }}
 )
 
 select
+    {%- if by_pair %}
+    bar_calendars.pair,
+    {%- endif %}
     bar_calendars.ts_utc,
     bar_calendars.hour,
     bar_calendars.minute_of_day,

@@ -4,5 +4,6 @@
 {% macro create_project_functions() -%}
     {{ create_smoothing_aggregates() }};
     {{ create_reg_window_start_type() }};
-    {{ create_increment_bounds_function() }}
+    {{ create_increment_bounds_function() }};
+    {{ create_pair_lookup_functions() }}
 {%- endmacro %}

@@ -245,16 +245,12 @@ set
         {%- if full %}
         select null::bigint
         {%- else %}
-        select kept.bar_number + 1
-        from {{ this }} as kept
-        where kept.pair = bounds.pair and kept.ts_utc < bounds.emit_from_ts
-        order by kept.ts_utc desc
-        limit 1
+        -- per-pair probes as functions: shard-local on Citus (macros/distribution/distribution.sql)
+        select bqx_functions.pair_last_bar_number('{{ this }}'::regclass, bounds.pair, bounds.emit_from_ts) + 1
         {%- endif %}
     ), 0),
-    input_rows = exists (
-        select 1 from {{ ref('stg_m1_bars') }} as bars
-        where bars.pair = bounds.pair and bars.ts_utc between bounds.emit_from_ts and bounds.emit_to_ts
+    input_rows = bqx_functions.pair_has_rows(
+        '{{ ref('stg_m1_bars') }}'::regclass, bounds.pair, bounds.emit_from_ts, bounds.emit_to_ts
     );
 {%- else %}
 {#- A model of an input with bar_number: bqx_functions.increment_bounds turns the changed range
@@ -325,7 +321,7 @@ select
     {%- if is_incremental() %}
     upstream_rows.ts_utc between increment_bounds.emit_from_ts and increment_bounds.emit_to_ts as is_new
 from {{ upstream }} as upstream_rows
-inner join {{ increment_table() }} as increment_bounds
+inner join {{ increment_bounds_relation('increment_bounds') }}
     on
         upstream_rows.pair = increment_bounds.pair
         and upstream_rows.ts_utc between increment_bounds.read_from_ts and increment_bounds.read_to_ts
@@ -350,7 +346,7 @@ from {{ upstream }} as upstream_rows
 {#- m1_index's join to its bounds on an incremental run: the bars of the ranges to rewrite. -#}
 {% macro increment_rows_join(alias) -%}
     {%- if is_incremental() -%}
-inner join {{ increment_table() }} as increment_bounds
+inner join {{ increment_bounds_relation('increment_bounds') }}
         on
             {{ alias }}.pair = increment_bounds.pair
             and {{ alias }}.ts_utc between increment_bounds.emit_from_ts and increment_bounds.emit_to_ts

@@ -37,7 +37,11 @@ select {{ columns }} from {{ source }}
 {% macro record_increment() -%}
 {%- if increment_executing() -%}
 {%- set bounds = increment_table() -%}
-{%- if not is_incremental() %}
+{%- if not is_incremental() and distributed() %}
+-- Citus: a count per pair on its shard (macros/distribution/distribution.sql)
+update {{ bounds }} as bounds
+set rows_written = bqx_functions.pair_row_count('{{ this }}'::regclass, bounds.pair);
+{%- elif not is_incremental() %}
 update {{ bounds }} as bounds
 set rows_written = coalesce(written.row_count, 0)
 from (
@@ -76,10 +80,8 @@ select
     bounds.consumed_snapshot,
     case when bounds.recompute then bounds.emit_from_ts end,
     case when bounds.recompute then bounds.emit_to_ts end,
-    (
-        select built.ts_utc from {{ this }} as built
-        where built.pair = bounds.pair order by built.ts_utc desc limit 1
-    ),
+    -- a probe per pair as a function: shard-local on Citus (macros/distribution/distribution.sql)
+    bqx_functions.pair_last_ts('{{ this }}'::regclass, bounds.pair),
     coalesce(bounds.rows_written, 0),
     '{{ invocation_id }}',
     clock_timestamp(),

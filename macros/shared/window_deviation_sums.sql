@@ -88,8 +88,9 @@
         greatest({{ qualified | join(', ') }}) as segment_max_{{ tag }}
         {%- endif %}
         {%- endfor %}
+        {{- planner_fence_column(prefix ~ '_lags') }}
     from {{ prefix }}_lags
-    offset 0
+    {{ planner_fence() }}
 ),
 
 {{ prefix }}_sums as (

@@ -1,4 +1,6 @@
-{{ config(materialized='table') }}
+{{ config(materialized='table', distribution='reference') }}
+{#- distribution: on Citus a reference table (a row per pair, on every node), which m1_index's
+    bookkeeping on the coordinator joins (macros/distribution/distribution.sql) #}
 
 {#- Fail the build, naming them, when pairs have bars but none at or after the baseline date:
     their index would be undefined. Runs only at execution (not when compiling or linting).
@@ -18,6 +20,9 @@
         )
         order by known.pair
     {% endset %}
+    {% if distributed() %}
+        {% set missing_sql = distributed_pairs_before_baseline_sql(ref('stg_m1_bars')) %}
+    {% endif %}
     {% set missing = run_query(missing_sql) %}
     {% set names = [] %}
     {% for row in missing.rows if row[1] is not none %}
@@ -30,18 +35,22 @@
     {% endif %}
 {% endif %}
 
--- per pair, the first bar at or after the baseline date: one index probe each
-select
-    known_pairs.pair,
-    first_bar.ts_utc as baseline_ts,
-    first_bar.close as baseline_rate
-from {{ pair_values() }} as known_pairs (pair)
-inner join lateral (
+{% if distributed() -%}
+{{ distributed_baseline_rates_sql(ref('stg_m1_bars')) }}
+{%- else -%}
+    -- per pair, the first bar at or after the baseline date: one index probe each
     select
-        bars.ts_utc,
-        bars.close
-    from {{ ref('stg_m1_bars') }} as bars
-    where bars.pair = known_pairs.pair and bars.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
-    order by bars.ts_utc
-    limit 1
-) as first_bar on true
+        known_pairs.pair,
+        first_bar.ts_utc as baseline_ts,
+        first_bar.close as baseline_rate
+    from {{ pair_values() }} as known_pairs (pair)
+    inner join lateral (
+        select
+            bars.ts_utc,
+            bars.close
+        from {{ ref('stg_m1_bars') }} as bars
+        where bars.pair = known_pairs.pair and bars.ts_utc >= {{ utc_timestamp(var('baseline_date')) }}
+        order by bars.ts_utc
+        limit 1
+    ) as first_bar on true
+{%- endif %}

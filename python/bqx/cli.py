@@ -47,6 +47,15 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "status":
         print(json.dumps(server.server_status(PROJECT_DIR), indent=2))
         return 0
+    if args.action == "distribute":
+        import psycopg
+
+        from bqx.distribute import distribute
+
+        with psycopg.connect(server.configured_dsn(PROJECT_DIR)) as conn:
+            for line in distribute(conn):
+                print(line)
+        return 0
     if external_dsn():
         print(f"BQX_PG_DSN is set: using that server, nothing to {args.action}")
         return 0
@@ -256,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bqx", description=__doc__, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser("db", help="the embedded PostgreSQL server (or BQX_PG_DSN's)")
-    db.add_argument("action", choices=["start", "stop", "status", "url"])
+    db = sub.add_parser(
+        "db",
+        help="the embedded PostgreSQL server (or BQX_PG_DSN's); `distribute`: on a Citus server, "
+        "distribute the source by pair (docs/scale-out.md)",
+    )
+    db.add_argument("action", choices=["start", "stop", "status", "url", "distribute"])
     db.set_defaults(func=cmd_db)
 
     gen = sub.add_parser("generate", help="deterministic synthetic M1 bars for the 28 pairs")

@@ -219,7 +219,17 @@ declare
     is_partition boolean;
     trigger_spec record;
     added integer := 0;
+    distributed boolean := false;
 begin
+    -- on Citus a distributed raw.m1_bars carries no trigger: bqx load records its changes itself
+    -- (python/bqx/distribute.py)
+    if to_regclass('pg_catalog.pg_dist_partition') is not null then
+        execute 'select exists (select from pg_catalog.pg_dist_partition where logicalrelid = $1)'
+            into distributed using 'raw.m1_bars'::regclass;
+        if distributed then
+            return 0;
+        end if;
+    end if;
     for target, is_partition in
         select 'raw.m1_bars'::regclass, false
         union all
@@ -416,6 +426,11 @@ def upgrade_raw_schema(conn: psycopg.Connection) -> list[str]:
                     "correct or delete them and the next bqx load adds the constraint"
                 )
     return notes
+
+
+def ensure_triggers_function_ddl() -> str:
+    """The DDL of raw.ensure_change_triggers() (create or replace)."""
+    return _ensure_triggers_ddl()
 
 
 def _ensure_triggers_ddl() -> str:

@@ -32,6 +32,7 @@ from bqx.bar_formats import BAR_COLUMNS, PRICE_COLUMNS
 from bqx.load.errors import FileSkipped
 from bqx.load.parse import ParsedRows
 from bqx.load.rules import CheckedRows, RejectRecord
+from bqx.distribute import record_loaded_changes, source_distributed
 from bqx.pairs import PAIRS
 from bqx.raw_schema import (
     attach_month,
@@ -196,6 +197,11 @@ def write_bars(
         return WrittenBars(new, replaced, len(good) - new - replaced)
     have = existing_partitions(conn)
     fresh = [int(m) for m in months if partition_name(month_start(int(m))) not in have]
+    if fresh and source_distributed(conn):
+        # Citus: a table created apart and attached would keep a local copy of its rows on the
+        # coordinator; a partition created empty is distributed as it is created (bqx.distribute)
+        ensure_month_partitions(conn, [month_start(m) for m in fresh])
+        fresh = []
     if fresh:
         # one creator of partitions at a time; another may have made some while we waited
         lock_partitions(conn)
@@ -230,6 +236,17 @@ def write_bars(
             merged_new, replaced = merge_staged(cur, rows, rest, source_name)
             new += merged_new
     return WrittenBars(new, replaced, len(good) - new - replaced)
+
+
+def pair_ranges(rows: ParsedRows, good: np.ndarray) -> list[tuple[str, dt.datetime, dt.datetime, int]]:
+    """Per pair of the good rows: first and last minute and the number of rows."""
+    ranges = []
+    codes = rows.pair_code[good]
+    stamps = rows.ts_us[good]
+    for code in np.unique(codes):
+        mine = stamps[codes == code]
+        ranges.append((PAIRS[int(code)], to_datetime(int(mine.min())), to_datetime(int(mine.max())), len(mine)))
+    return ranges
 
 
 REJECT_COLUMNS_SQL = "source_file, line_number, raw_text, pair, ts_utc, reason, detail"
@@ -274,6 +291,11 @@ def write_file(
         try:
             with conn.transaction():
                 written = write_bars(conn, rows, checked.good, source_name, cautious=attempt > 0)
+                if (written.new or written.replaced) and source_distributed(conn):
+                    # no change-log trigger on a distributed source: the load records its ranges
+                    record_loaded_changes(
+                        conn, pair_ranges(rows, checked.good), "insert" if written.new else "update"
+                    )
                 recorded = write_rejects(conn, records)
                 conn.execute(
                     "insert into raw.load_log (file, format, started_at, finished_at, rows_read, rows_loaded, "
