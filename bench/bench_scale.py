@@ -348,7 +348,7 @@ def main() -> int:
         with bench_place(home) as place:
             watch = Watch(_postmaster_pid(place.pgdata), Path(place.pgdata or home), min_free, place.admin_dsn, place.database)
             environment = json.loads(ENVIRONMENT_JSON.read_text()) if ENVIRONMENT_JSON.exists() else {}
-            environment["settings"] = server_settings(place.dsn)
+            environment[f"{prefix}.settings"] = server_settings(place.dsn)
             environment.setdefault("postgres", server_version(place.dsn))
             ENVIRONMENT_JSON.write_text(json.dumps(environment, indent=2, ensure_ascii=False) + "\n")
             with watch.running():

@@ -222,8 +222,8 @@ def render_markdown(results: dict[str, dict[str, object]]) -> str:
         f"Python {machine['python']}",
         f"- PostgreSQL: {environment.get('postgres', 'unknown')} ({environment.get('server', '')})",
         *(
-            [f"- settings: {', '.join(f'{k} = {v}' for k, v in environment['settings'].items())}"]
-            if environment.get("settings") else []
+            f"- server settings of `{key.removesuffix('.settings')}.*`: {', '.join(f'{k} = {v}' for k, v in value.items())}"
+            for key, value in environment.items() if key.endswith(".settings")
         ),
         *(f"- data of `{key.removesuffix('.data')}.*`: {value}" for key, value in environment.items() if key.endswith(".data")),
         "",
