@@ -1,5 +1,8 @@
 """The dataset builder: extraction throughput three ways, then the whole builder's wall time and
-peak memory, in one run on the shared benchmark database (28 pairs × 1 month, wave 1 built).
+peak memory, in one run on its own database: 28 pairs × BENCH_BUILDER_MONTHS months (default 1; a
+size of its own because the builder takes about 20 minutes per month on this machine, so an FX-year
+`make bench` keeps it small unless asked), wave 1 built. It runs after bench_scale.py has dropped
+its database (bench/run.py runs one script at a time).
 
 1. Extraction of every feature column and every target, per pair (BENCH_EXTRACT_PAIRS pairs, the
    same rows for each reader), best of REPEAT:
@@ -39,7 +42,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PROJECT_DIR, bench_database, best_of, record  # noqa: E402
+from common import BENCH_START, PROJECT_DIR, bench_database, bench_months, best_of, months_later, record, size_label  # noqa: E402
 
 from bqx.catalog import FeatureCatalog, feature_catalog  # noqa: E402
 from bqx.datasets import extract as ex  # noqa: E402
@@ -155,7 +158,11 @@ def main() -> int:
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
-    with bench_database("datasets") as bench:
+    months = bench_months("BENCH_BUILDER_MONTHS")
+    if months == 0:
+        print("BENCH_BUILDER_MONTHS=0: the extraction readers and the dataset builder are skipped")
+        return 0
+    with bench_database("datasets", end=months_later(BENCH_START, months)) as bench:
         wave1 = bench.dbt("run", "--select", "tag:wave1")
         print(f"wave 1 built in {wave1:.0f} s")
         with psycopg.connect(bench.dsn) as conn:
@@ -175,7 +182,7 @@ def main() -> int:
             }
             for name, action in readers.items():
                 seconds[name], _ = best_of(REPEAT, action)
-        what = f"{len(sources)} pairs × 1 month, {rows:,} rows × {width} columns, best of {REPEAT}"
+        what = f"{len(sources)} pairs × {months} month{'s' if months != 1 else ''} ({BENCH_START:%Y-%m-%d} .. {months_later(BENCH_START, months):%Y-%m-%d}), {rows:,} rows × {width} columns, best of {REPEAT}"
         labels = {
             "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
             "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
@@ -188,16 +195,16 @@ def main() -> int:
             record(f"extract.{name}.rows_per_s", rows / value, "rows/s", f"{labels[name]}; {what} (goal ≥ 100k rows/s at 300+ columns)")
             record(f"extract.{name}.values_per_s", rows * width / value, "values/s", f"{labels[name]}; {what}")
             if name != "psycopg_fetch":
-                record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run")
+                record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run; {what}")
         for decoder in ("pgcopy", "adbc"):
             record(
                 f"extract.ratio.relations_over_view.{decoder}", seconds[f"view_{decoder}"] / seconds[f"relations_{decoder}"], "×",
-                f"per relation vs the view, both decoded by {decoder} (> 1: per relation faster); same rows, same run",
+                f"per relation vs the view, both decoded by {decoder} (> 1: per relation faster); same rows, same run; {what}",
             )  # fmt: skip
         for source in ("relations", "view"):
             record(
                 f"extract.ratio.pgcopy_over_adbc.{source}", seconds[f"{source}_adbc"] / seconds[f"{source}_pgcopy"], "×",
-                f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run",
+                f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run; {what}",
             )  # fmt: skip
 
         with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:
@@ -211,7 +218,7 @@ def main() -> int:
                 return 1
             peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
             print(done.stdout)
-        size = f"{bench.pairs} pairs × 1 month ({bench.rows:,} bars)"
+        size = f"{size_label(months, bench.pairs)}, {bench.rows:,} bars"
         record("builder.wall.s", wall, "s", f"python/build_datasets.py, cold (extraction, validation incl. look-ahead rebuilds, selection, datasets, models, report), {size} (goal at FX-year: ≤ 300 s)")
         record("builder.peak_rss.mib", peak_kib / 1024, "MiB", f"peak RSS of the builder (/usr/bin/time -v), {size} (goal at FX-year: ≤ 4096 MiB)")
     return 0
