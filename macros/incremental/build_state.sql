@@ -134,8 +134,48 @@ delete from build_state.rewrites as consumed
 where consumed.xid < (
     select min(pg_snapshot_xmin(readers.consumed_snapshot))
     from build_state.model_pairs as readers
-)
+);
+{{ prune_consumed_changes() }}
 {%- endmacro %}
+
+
+{#-
+    raw.m1_changes pruned of the changes nothing needs any more: a change is deleted when its
+    transaction is older than the oldest snapshot any model built any pair with (xid below that
+    snapshot's xmin: visible in every model's snapshot of every pair, so m1_index has consumed it
+    and every model downstream has read the m1_index rows it rewrote) and older than the last
+    audit's snapshot (`bqx audit` checks the minutes changed since the last audit: a change it has
+    not seen stays; no audit yet keeps everything). A model, or a pair, not built since keeps its
+    old snapshot and so keeps every change after it. A role without the right to delete from the
+    log prunes nothing (a notice). Run at the end of every dbt run/build
+    (on-run-end), in its own statement: a build killed before it prunes nothing, and since these
+    bounds only move forward with committed state, pruning late never loses a change.
+-#}
+{% macro prune_consumed_changes() -%}
+do $prune$
+begin
+    if to_regclass('raw.m1_changes') is not null then
+        delete from raw.m1_changes as consumed
+        where
+            consumed.xid < (
+                select min(pg_snapshot_xmin(readers.consumed_snapshot))
+                from build_state.model_pairs as readers
+            )
+            and consumed.xid < (
+                select pg_snapshot_xmin(audited.audit_snapshot)
+                from build_state.audits as audited
+                order by audited.audit_id desc
+                limit 1
+            );
+    end if;
+exception when insufficient_privilege then
+    -- a dbt role that may not delete from the change log (a server where another role owns raw):
+    -- the log is kept as it was, the build is not failed for it
+    raise notice 'raw.m1_changes not pruned: % may not delete from it', current_user;
+end
+$prune$
+{%- endmacro %}
+
 
 
 {#- on-run-start: partitions of raw.m1_bars made by hand get the change-log triggers (their

@@ -142,7 +142,7 @@ def run_build(dsn: str, options: BuildOptions, *, target_path: Path | None = Non
         if _source_distributed(dsn):
             print("bqx build: no audit on Citus (the audit does not run there yet: docs/scale-out.md)", file=sys.stderr)
             return 0
-        return _small_audit(dsn, target, options.audit_sample)
+        return _small_audit(dsn, target, options.audit_sample, invocation)
 
 
 def _source_distributed(dsn: str) -> bool:
@@ -152,14 +152,16 @@ def _source_distributed(dsn: str) -> bool:
         return source_distributed(conn)
 
 
-def _small_audit(dsn: str, target: Path, sample: int) -> int:
-    """The audit every incremental build ends with: the minutes it changed (their first and last
-    hour of bars per pair) and `sample` random minutes per pair and model, through the SQL the
-    build just compiled. A full build (compiled in full form) is not re-audited."""
+def _small_audit(dsn: str, target: Path, sample: int, invocation: str | None) -> int:
+    """The audit every incremental build ends with: the minutes changed in the source since the
+    last audit (their first and last hour of bars per pair) and `sample` seeded minutes per pair
+    and model among the rows this build wrote, through the SQL the build just compiled. Its cost
+    is the sample's (each range reads its model's lookback; ranges closer than that are read as
+    one), not the table's. A full build (compiled in full form) is not re-audited."""
     models = compiled_models(target)
     if not models:
         return 0
-    report = run_audit(dsn, sample=sample, changed_limit=60, models=models)
+    report = run_audit(dsn, sample=sample, changed_limit=60, models=models, written_by=invocation)
     print(format_report(report).splitlines()[0], file=sys.stderr)
     if not report.passed:
         print(format_report(report), file=sys.stderr)

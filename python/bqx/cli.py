@@ -35,7 +35,8 @@ bqx's own options (every other option goes to dbt, whose help follows):
   --to TIME           ... and before TIME (default: to the end)
   --full-tests        data tests read every row (default on an incremental run: the rows it wrote)
   --no-wait           fail at once if a build or load holds the writer lock
-  --audit-sample N    the audit after an incremental build: N random minutes per pair and model
+  --audit-sample N    the audit after an incremental build: the minutes changed since the last
+                      audit and N seeded minutes per pair and model among the rows it wrote
                       (default 1; 0: no audit)
 """
 

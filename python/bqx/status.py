@@ -170,12 +170,13 @@ def _builds(conn: psycopg.Connection, now: dt.datetime) -> tuple[dict[str, Any] 
 
 def _last_audit(conn: psycopg.Connection) -> dict[str, Any] | None:
     row = conn.execute(
-        "select finished_at, passed, rows_compared, mismatches, sample_per_pair, seed, full_audit "
+        "select finished_at, passed, rows_compared, mismatches, sample_per_pair, seed, full_audit, "
+        "coalesce(report ->> 'sampled_from', 'every row') <> 'every row' "
         "from build_state.audits order by audit_id desc limit 1"
     ).fetchone()
     if row is None:
         return None
-    keys = ["finished_at", "passed", "rows_compared", "mismatches", "sample_per_pair", "seed", "full"]
+    keys = ["finished_at", "passed", "rows_compared", "mismatches", "sample_per_pair", "seed", "full", "written_sample"]
     return dict(zip(keys, row, strict=True))
 
 
@@ -257,7 +258,10 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append("")
     if audit:
         verdict = "passed" if audit["passed"] else f"FAILED ({audit['mismatches']} rows differ)"
-        scope = "every row" if audit["full"] else f"{audit['sample_per_pair']} random minutes per pair and model + changed minutes, seed {audit['seed']}"
+        among = " among the rows the build wrote" if audit.get("written_sample") else ""
+        scope = "every row" if audit["full"] else (
+            f"{audit['sample_per_pair']} random minutes per pair and model{among} + changed minutes, seed {audit['seed']}"
+        )
         lines.append(f"last audit: {verdict} at {_minute(audit['finished_at'])}, {audit['rows_compared']:,} rows ({scope})")
     else:
         lines.append("last audit: none yet (`bqx audit`)")

@@ -4,6 +4,7 @@ the self-audit, loud failure and `bqx status` — each ending in tables equal to
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from bqx import server
-from bqx.audit import compiled_models, run_audit
+from bqx.audit import compiled_models, merge_ranges, run_audit
 from bqx.build import BuildOptions, run_build
 from bqx.dbt import dbt_env, run_dbt
 from bqx.load import load_frame
@@ -286,6 +287,27 @@ def test_audit_passes_clean_and_catches_a_corrupted_row(ops_dsn: str, fixture_ba
     # put the bar back as the fixture has it (the module's other tests expect its bars)
     load_frame(ops_dsn, fixture_bars[(fixture_bars["pair"] == "USDJPY") & (fixture_bars["ts_utc"] == at)], "undo")
     run_build(ops_dsn, BuildOptions(dbt_args=[]), target_path=tmp_path / "undo")
+    # the audit at the end of a build samples the rows that build wrote: rows of one model and
+    # pair written wrong (every row of the range, so any seeded minute of it lands on one) fail it
+    invocation = json.loads((tmp_path / "undo" / "run_results.json").read_text())["metadata"]["invocation_id"]
+    written_range = (
+        "from build_state.model_pairs as written where written.model = 'statistics_rate' "
+        "and written.invocation_id = %(inv)s and written.pair = 'USDJPY' "
+        "and stats.pair = written.pair and stats.ts_utc between written.rewrote_from_ts and written.rewrote_to_ts"
+    )
+    with psycopg.connect(ops_dsn) as conn:
+        saved = conn.execute(f"select stats.ts_utc, stats.std_w15 from features.statistics_rate as stats, {written_range[5:]}",
+                             {"inv": invocation}).fetchall()
+        assert saved, "the build wrote no statistics_rate row for USDJPY"
+        conn.execute(f"update features.statistics_rate as stats set std_w15 = stats.std_w15 * (1 + 1e-15) {written_range}",
+                     {"inv": invocation})
+    written = run_audit(ops_dsn, sample=1, models=compiled, written_by=invocation)
+    assert not written.passed and [m.model for m in written.models if m.mismatched_rows] == ["statistics_rate"]
+    with psycopg.connect(ops_dsn) as conn, conn.cursor() as cursor:
+        cursor.executemany(
+            "update features.statistics_rate set std_w15 = %s where pair = 'USDJPY' and ts_utc = %s",
+            [(value, ts) for ts, value in saved],
+        )
     assert run_audit(ops_dsn, sample=1, models=compiled).passed
 
 
@@ -319,3 +341,62 @@ def test_a_changed_baseline_date_stops_an_incremental_build(ops_dsn: str, tmp_pa
     assert done.returncode != 0
     assert 'm1_index was built with other values of baseline_date: "2024-07-01" -> "2024-07-02"' in done.stdout
     assert "bqx build --full-refresh" in done.stdout
+
+
+def _change_ids(dsn: str) -> set[int]:
+    return set(query_frame(dsn, "select change_id from raw.m1_changes")["change_id"].astype(int))
+
+
+def test_the_change_log_keeps_every_change_a_model_has_not_consumed_and_prunes_the_rest(
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, wave1_dsn: str, tmp_path: Path
+) -> None:
+    """raw.m1_changes loses a change only once every model has built every pair after it and an
+    audit has seen it: not after a build killed midway, nor after a build of m1_index alone; and
+    the builds that follow still equal a full refresh."""
+    dsn = database_factory("pruned")
+    load_frame(dsn, fixture_bars[fixture_bars["ts_utc"] < "2024-07-03"], "first part")
+    first = _change_ids(dsn)
+    run_build(dsn, BuildOptions(dbt_args=[]), target_path=tmp_path / "first")
+    assert run_audit(dsn, sample=0, models=[]).passed  # an audit's snapshot after the first part
+    load_frame(dsn, fixture_bars[(fixture_bars["ts_utc"] >= "2024-07-03") & (fixture_bars["ts_utc"] < "2024-07-05")],
+               "second part")
+    second = _change_ids(dsn) - first
+    assert second
+    # killed after m1_index and a few models consumed the second part: the others have not
+    build = _bqx("build", dsn=dsn, target=tmp_path / "killed")
+    _wait_for(lambda: _build_running(dsn) and _models_done(dsn) >= 4, "the build's fourth model", timeout=900)
+    os.killpg(build.pid, signal.SIGKILL)
+    build.wait()
+    _wait_for(lambda: not _build_running(dsn) or "did not finish" in format_status(status(dsn)),
+              "the killed build's last query to stop", 60)
+    assert second <= _change_ids(dsn), "a change was pruned by a killed build"
+    # the first part: every model has consumed it and the audit has seen it, but no build has
+    # finished since (pruning runs at a build's end), so it is still there too
+    assert first <= _change_ids(dsn)
+    assert run_audit(dsn, sample=0, models=[]).passed  # an audit's snapshot after the second part
+    # m1_index alone: every model downstream still needs the second part; the first goes
+    run_dbt(["run", "--select", "m1_index"], dsn, target_path=tmp_path / "index_only", capture=True)
+    assert second <= _change_ids(dsn), "a change the downstream models had not consumed was pruned"
+    assert not first & _change_ids(dsn), "changes consumed by every model and audited were kept"
+    # the rest of the bars, then a build: the second part is consumed by all and goes; the third
+    # (not audited yet) stays; the tables equal a full refresh
+    load_frame(dsn, fixture_bars[fixture_bars["ts_utc"] >= "2024-07-05"], "third part")
+    third = _change_ids(dsn) - first - second
+    run_build(dsn, BuildOptions(dbt_args=[], audit_sample=0), target_path=tmp_path / "final")
+    left = _change_ids(dsn)
+    assert not second & left and third <= left, (sorted(second & left), sorted(third - left))
+    assert_same_tables(dsn, wave1_dsn, "after pruning the change log")
+
+
+def test_audit_ranges_closer_than_the_lookback_are_recomputed_as_one() -> None:
+    minute = "2024-07-0{} {}:00+00"
+    ranges = [(minute.format(2, "10:05"), minute.format(2, "10:05")), (minute.format(1, "00:00"), minute.format(1, "01:00")),
+              (minute.format(1, "00:30"), minute.format(1, "00:40")), (minute.format(1, "02:00"), minute.format(1, "03:00"))]
+    assert merge_ranges(ranges, pd.Timedelta(minutes=60).to_pytimedelta()) == [
+        (minute.format(1, "00:00"), minute.format(1, "03:00")), (minute.format(2, "10:05"), minute.format(2, "10:05")),
+    ]
+    assert merge_ranges(ranges, pd.Timedelta(0).to_pytimedelta()) == [
+        (minute.format(1, "00:00"), minute.format(1, "01:00")), (minute.format(1, "02:00"), minute.format(1, "03:00")),
+        (minute.format(2, "10:05"), minute.format(2, "10:05")),
+    ]
+    assert merge_ranges([], pd.Timedelta(0).to_pytimedelta()) == []
