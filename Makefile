@@ -58,7 +58,8 @@ test: $(STAMP)
 # the same server without distribution, compared bit for bit (python/tests/test_citus.py). The
 # cluster is ../shared/citus/cluster.sh (CITUS_CLUSTER overrides; searched in shared/citus/ of the
 # folders above this one); it runs as root and TRUSTS every local connection while it runs: only
-# on a machine you do not share. `../shared/citus/cluster.sh stop` stops it.
+# on a machine you do not share, and it is stopped when the tests end (a trusting server is not
+# left running).
 test-citus: $(STAMP)
 	@script="$${CITUS_CLUSTER:-}"; dir="$(CURDIR)"; \
 	while [ -z "$$script" ] && [ "$$dir" != / ]; do \
@@ -68,7 +69,9 @@ test-citus: $(STAMP)
 	  echo "make test-citus: no Citus test cluster script (looked for shared/citus/cluster.sh above $(CURDIR)); set CITUS_CLUSTER=/path/to/cluster.sh" >&2; exit 2; \
 	fi; \
 	dsn=$$("$$script" start | tail -n 1) || { echo "make test-citus: $$script start failed" >&2; exit 2; }; \
-	BQX_CITUS_DSN="$$dsn" $(BIN)/python -m pytest python/tests/test_citus.py $(PYTEST_ARGS)
+	status=0; BQX_CITUS_DSN="$$dsn" $(BIN)/python -m pytest python/tests/test_citus.py $(PYTEST_ARGS) || status=$$?; \
+	"$$script" stop >/dev/null || echo "make test-citus: $$script stop failed: stop the cluster by hand (it trusts local connections)" >&2; \
+	exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
