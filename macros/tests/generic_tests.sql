@@ -26,6 +26,8 @@ where not coalesce({{ expression }}, false)
     (bar_number), since on an incremental build only the rewritten range is tested and a
     correction in the middle of the data rewrites a range that ends before the pair's end. -#}
 {% test null_on_last_bars(model, column_name, bars) %}
+{#- not ref(): a test that ref()s m1_index would be selected whenever m1_index is (macros/shared) -#}
+{%- set bar_positions = market_index_relation() -%}
 with numbered_from_the_end as (
     select
         pair,
@@ -43,11 +45,11 @@ near_the_end as (
         -- NULL: the row has no bar in m1_index (an orphan row: a failure of its own)
         case when this_bar.pair is not null then bars_after.bar_number is null end as fewer_bars_after
     from numbered_from_the_end
-    left join {{ ref('m1_index') }} as this_bar
+    left join {{ bar_positions }} as this_bar
         on
             numbered_from_the_end.pair = this_bar.pair
             and numbered_from_the_end.ts_utc = this_bar.ts_utc
-    left join {{ ref('m1_index') }} as bars_after
+    left join {{ bar_positions }} as bars_after
         on
             this_bar.pair = bars_after.pair
             and bars_after.bar_number = this_bar.bar_number + {{ bars }}
