@@ -5,47 +5,34 @@ pair's end (in m1_index), not to the end of the range tested."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import psycopg
 
-from bqx.dbt import run_dbt
 from bqx.load import load_frame
 
 PAIRS = ["EURUSD", "USDJPY"]
 CORRECTED = pd.Timestamp("2024-07-03 12:00", tz="UTC")
 
 
-def _dbt(dsn: str, target: Path, parse_cache: Path, *args: str) -> str:
-    target.mkdir(parents=True)
-    cache = parse_cache / "partial_parse.msgpack"
-    if cache.exists():
-        shutil.copyfile(cache, target / cache.name)
-    done = run_dbt(list(args), dsn, target_path=target, capture=True)
-    assert done.returncode == 0, done.stdout[-6000:]
-    return done.stdout
-
-
 def test_targets_tested_on_a_corrected_range_count_bars_to_the_pairs_end(
-    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_parse_cache: Path, tmp_path: Path
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_runner: Callable[..., Path]
 ) -> None:
     dsn = database_factory("target_tests")
     bars = fixture_bars[fixture_bars["pair"].isin(PAIRS)].reset_index(drop=True)
     load_frame(dsn, bars, "bars")
-    _dbt(dsn, tmp_path / "full", dbt_parse_cache, "run", "--select", "+targets")
+    dbt_runner(dsn, "run", "--select", "+targets")
 
     corrected = bars[(bars["pair"] == "EURUSD") & (bars["ts_utc"] == CORRECTED)].copy()
     assert len(corrected) == 1
     for column in ("open", "high", "low", "close"):
         corrected[column] = corrected[column] * 1.0005
     load_frame(dsn, corrected, "a corrected bar")
-    target = tmp_path / "increment"
     # the written range ends ~60 bars after the correction, days before the pair's end: the
     # test must pass (it failed here when it counted the bars to the end of that range)
-    _dbt(dsn, target, dbt_parse_cache, "build", "--select", "m1_index", "targets")
+    target = dbt_runner(dsn, "build", "--select", "m1_index", "targets")
     with psycopg.connect(dsn) as conn:
         last_bar = conn.execute("select max(ts_utc) from staging.m1_index where pair = 'EURUSD'").fetchone()[0]
         increments = conn.execute(
