@@ -23,40 +23,72 @@
     one row per event row (duplicated events stay duplicated), in no particular order.
 
     method (how each event finds its bar; the result is the same):
-      'window'  a merge of the events with the bars of their pairs and time range (from the
-                first event less max_age), sorted together per pair: one running max over the
-                union gives each event its bar. O((events + bars in range) log), whatever
-                the events' spread: the choice for many events.
+      'window'  a merge of the events with the bars of their pairs and time range, sorted
+                together per pair: one running max over the union gives each event its bar.
+                The range starts at the newest bar before the first event's cutoff less max_age
+                (one backward index step per pair), so every event finds its newest bar in it
+                (or there is none: before_first_bar) and its age is reported however old.
+                O((events + bars in range) log), whatever the events' spread: the choice for
+                many events, and the only one on Citus (every step is per pair and runs on the
+                pair's shard when the events are a table distributed by pair).
       'index'   per event, a probe of the bar opening at the minute before the event's minute (a
                 hash or nested-loop join on the unique (pair, ts_utc) index: most events of a
-                trading week hit it). O(events log bars): the choice for few events.
-    Either way an event left without a bar (in a gap, or before the window's range) walks back
-    m1_index's (pair, ts_utc) index to the newest earlier bar (LATERAL ... limit 1), so its age is
-    reported and `before_first_bar` means exactly that.
+                trading week hit it); an event left without a bar (a gap, a weekend) walks back
+                m1_index's (pair, ts_utc) index to the newest earlier bar (LATERAL ... limit 1).
+                O(events log bars): the choice for few events on one server (Citus refuses the
+                lateral outer join).
     python/bqx/features.py picks by the number of events (measured: bench/bench_retrieval.py). -#}
-{% macro features_as_of(events_relation, columns=none, max_age=none, method='window') -%}
+{% macro features_as_of(events_relation, columns=none, max_age=none, method='window', event_columns=none) -%}
 {%- set max_age = max_age if max_age is not none else var('as_of_max_age') -%}
 {%- set selected = feature_matrix_columns(columns) -%}
+{%- set on_citus = distributed() -%}
 {%- if method not in ('window', 'index') -%}
     {{ exceptions.raise_compiler_error("features_as_of: method must be 'window' or 'index', not '" ~ method ~ "'") }}
 {%- endif -%}
-with as_of_events as (
-    -- the event's row as it came (a composite, expanded at the end)
+{%- if method == 'index' and on_citus -%}
+    {{ exceptions.raise_compiler_error("features_as_of: method 'index' needs a single server (Citus cannot push its walk back down to the shards): use method='window'") }}
+{%- endif -%}
+{%- if event_columns is none and events_relation is not string -%}
+    {%- set event_columns = adapter.get_columns_in_relation(events_relation) | map(attribute='name') | list -%}
+{%- endif -%}
+{#- the events' other columns, carried through every step: by name when known, else as one
+    composite of the event's row (a CTE's name), which Citus cannot ship to the shards -#}
+{%- if event_columns is none -%}
+    {%- set carried = ['event_row'] -%}
+{%- else -%}
+    {%- set carried = event_columns | reject('in', ['pair', 'event_time']) | list -%}
+{%- endif -%}
+{#- on Citus the steps over the events are inlined, not materialized: a materialized step is
+    planned apart and its rows pulled to the coordinator; inline, every step runs on the shards -#}
+{%- set inline = 'not materialized ' if on_citus else '' -%}
+with as_of_events as {{ inline }}(
+    -- the event's own columns as they came, its pair, time and cutoff
     select
+        {%- if event_columns is none %}
         events as event_row,
+        {%- else %}
+        {%- for column in carried %}
+        events.{{ column }},
+        {%- endfor %}
+        {%- endif %}
         events.pair,
         events.event_time,
         events.event_time - interval '1 minute' as cutoff_ts
     from {{ events_relation }} as events
 ),
 
-as_of_frontier as (
-    -- per pair of the events: the last bar every feature model has built
-    {{ built_through_per_pair('select distinct as_of_events.pair from as_of_events') }}
+as_of_frontier as materialized (
+    -- per pair: the last bar every feature model has built. For every configured pair, not just
+    -- the events' (28 x models index steps, milliseconds): a query that reads no table of the
+    -- events runs apart, on the coordinator on Citus, where its per-pair lookups are router
+    -- queries (run on a shard, they would nest distributed queries, which Citus refuses)
+    {{ built_through_per_pair('select configured.pair from ' ~ pair_values() ~ ' as configured (pair)') }}
 ),
 {%- if method == 'window' %}
 
-as_of_event_ranges as (
+as_of_event_ranges as {{ inline }}(
+    -- per pair: the bars the events can reach, from the first event's cutoff less max_age to
+    -- the last event's cutoff
     select
         as_of_events.pair,
         min(as_of_events.cutoff_ts) - interval '{{ max_age }}' as first_cutoff_ts,
@@ -71,13 +103,24 @@ as_of_timeline as (
     -- event's cutoff closes exactly at the event, so it is known. Each event carries its own
     -- row through the sequence (no numbering and no join back: a window numbering every
     -- event would not be partitioned by pair, and a join back on a number per pair was
-    -- planned as a merge join on pair alone, 3x slower, measured)
+    -- planned as a merge join on pair alone, 3x slower, measured). The events come first: their
+    -- row's type is the one the bars' NULLs take
+    select
+        as_of_events.pair,
+        as_of_events.cutoff_ts as instant,
+        1 as kind,
+        null::timestamptz as bar_ts,
+        {{- as_of_carried('as_of_events', carried) }}
+        as_of_events.event_time,
+        as_of_events.cutoff_ts
+    from as_of_events
+    union all
     select
         bars.pair,
         bars.ts_utc as instant,
         0 as kind,
         bars.ts_utc as bar_ts,
-        null as event_row,
+        {{- as_of_carried(none, carried) }}
         null::timestamptz as event_time,
         null::timestamptz as cutoff_ts
     from as_of_event_ranges
@@ -87,15 +130,39 @@ as_of_timeline as (
             and bars.ts_utc >= as_of_event_ranges.first_cutoff_ts
             and bars.ts_utc <= as_of_event_ranges.last_cutoff_ts
     union all
+    -- and the newest bar before the range (one backward step of the (pair, ts_utc) index per
+    -- pair): older than max_age for every event, but an event whose newest bar it is gets its
+    -- age reported, and an event with no bar before it is exactly before_first_bar
     select
-        as_of_events.pair,
-        as_of_events.cutoff_ts as instant,
-        1 as kind,
-        null::timestamptz as bar_ts,
-        as_of_events.event_row,
-        as_of_events.event_time,
-        as_of_events.cutoff_ts
-    from as_of_events
+        as_of_event_ranges.pair,
+        bar_before_range.ts_utc as instant,
+        0 as kind,
+        bar_before_range.ts_utc as bar_ts,
+        {{- as_of_carried(none, carried) }}
+        null::timestamptz as event_time,
+        null::timestamptz as cutoff_ts
+    from as_of_event_ranges
+    cross join lateral (
+        {%- if on_citus %}
+        -- Citus pushes neither a LIMIT nor an ungrouped aggregate down in a lateral subquery
+        -- over a grouped one: a max per pair, which reads the pair's bars before the range on
+        -- the pair's shard (an index range, not one step)
+        select max(bars.ts_utc) as ts_utc
+        from {{ ref('m1_index') }} as bars
+        where
+            bars.pair = as_of_event_ranges.pair
+            and bars.ts_utc < as_of_event_ranges.first_cutoff_ts
+        group by bars.pair
+        {%- else %}
+        select bars.ts_utc
+        from {{ ref('m1_index') }} as bars
+        where
+            bars.pair = as_of_event_ranges.pair
+            and bars.ts_utc < as_of_event_ranges.first_cutoff_ts
+        order by bars.ts_utc desc
+        limit 1
+        {%- endif %}
+    ) as bar_before_range
 ),
 
 as_of_located as (
@@ -103,7 +170,7 @@ as_of_located as (
     select
         as_of_timeline.pair,
         as_of_timeline.kind,
-        as_of_timeline.event_row,
+        {{- as_of_carried('as_of_timeline', carried) }}
         as_of_timeline.event_time,
         as_of_timeline.cutoff_ts,
         max(as_of_timeline.bar_ts) over timeline_so_far as found_bar_ts
@@ -114,14 +181,13 @@ as_of_located as (
     )
 ),
 
-as_of_found as (
-    -- the newest bar of the range known at each event (NULL: none in the range)
+as_of_matched as (
+    -- the newest bar known at each event (NULL: the pair has none)
     select
-        as_of_located.event_row,
+        {{- as_of_carried('as_of_located', carried) }}
         as_of_located.pair,
         as_of_located.event_time,
-        as_of_located.cutoff_ts,
-        as_of_located.found_bar_ts
+        as_of_located.found_bar_ts as source_bar_ts
     from as_of_located
     where as_of_located.kind = 1
 ),
@@ -130,7 +196,7 @@ as_of_found as (
 as_of_found as (
     -- the bar opening at the cutoff's minute, when there is one (most events of a trading week)
     select
-        as_of_events.event_row,
+        {{- as_of_carried('as_of_events', carried) }}
         as_of_events.pair,
         as_of_events.event_time,
         as_of_events.cutoff_ts,
@@ -142,13 +208,12 @@ as_of_found as (
             and (date_trunc('minute', as_of_events.cutoff_ts at time zone 'UTC') at time zone 'UTC')
             = same_minute.ts_utc
 ),
-{%- endif %}
 
 as_of_matched as (
     -- where nothing was found, a backward walk of m1_index's (pair, ts_utc) index finds the
     -- newest earlier bar (it is older than max_age: its age is reported; or there is none)
     select
-        as_of_found.event_row,
+        {{- as_of_carried('as_of_found', carried) }}
         as_of_found.pair,
         as_of_found.event_time,
         coalesce(as_of_found.found_bar_ts, walked_back.ts_utc) as source_bar_ts
@@ -164,12 +229,14 @@ as_of_matched as (
         limit 1
     ) as walked_back on true
 ),
+{%- endif %}
 
 as_of_bars as (
     -- the bar whose features each event gets (feature_ts_utc NULL: none), and why not
     select
-        as_of_matched.event_row,
+        {{- as_of_carried('as_of_matched', carried) }}
         as_of_matched.pair,
+        as_of_matched.event_time,
         as_of_matched.event_time - (as_of_matched.source_bar_ts + interval '1 minute') as feature_age,
         case
             when as_of_matched.source_bar_ts is null then 'before_first_bar'
@@ -188,12 +255,15 @@ as_of_bars as (
         on as_of_matched.pair = as_of_frontier.pair
 ),
 
-as_of_feature_keys as materialized (
+as_of_feature_keys as {% if not on_citus %}materialized {% endif %}(
     -- computed once (not once per feature model it is joined with), its row count known to the
-    -- planner, and in (pair, ts_utc) order so index probes of each model walk it forwards
+    -- planner, and in (pair, ts_utc) order so index probes of each model walk it forwards. On
+    -- Citus not materialized: a materialized CTE is planned apart and its rows joined on the
+    -- coordinator with every feature table pulled there; inline, the joins run on the shards
     select
-        as_of_bars.event_row,
+        {{- as_of_carried('as_of_bars', carried) }}
         as_of_bars.pair,
+        as_of_bars.event_time,
         as_of_bars.feature_age,
         as_of_bars.feature_missing_reason,
         case when as_of_bars.feature_missing_reason is null then as_of_bars.source_bar_ts end as feature_ts_utc
@@ -201,15 +271,29 @@ as_of_feature_keys as materialized (
     order by as_of_bars.pair, as_of_bars.source_bar_ts
 )
 
-{{ select_with_features(
-    [
-        '(as_of_feature_keys.event_row).*',
-        'as_of_feature_keys.feature_ts_utc',
-        'as_of_feature_keys.feature_age',
-        'as_of_feature_keys.feature_missing_reason',
-    ],
-    'as_of_feature_keys', 'feature_ts_utc', selected,
-) }}
+{%- set leading = [] -%}
+{%- if event_columns is none -%}
+    {%- do leading.append('(as_of_feature_keys.event_row).*') -%}
+{%- else -%}
+    {%- for column in event_columns -%}
+        {%- do leading.append('as_of_feature_keys.' ~ column) -%}
+    {%- endfor -%}
+{%- endif -%}
+{%- do leading.extend([
+    'as_of_feature_keys.feature_ts_utc',
+    'as_of_feature_keys.feature_age',
+    'as_of_feature_keys.feature_missing_reason',
+]) %}
+{{ select_with_features(leading, 'as_of_feature_keys', 'feature_ts_utc', selected) }}
+{%- endmacro %}
+
+
+{#- The events' carried columns as select-list lines (`relation`.column, or typed by the first
+    branch of a union: NULL as column when `relation` is none). -#}
+{% macro as_of_carried(relation, carried) -%}
+{%- for column in carried %}
+        {{ relation ~ '.' ~ column if relation is not none else 'null as ' ~ column }},
+{%- endfor %}
 {%- endmacro %}
 
 

@@ -18,6 +18,7 @@ and `write_as_of` streams to Parquet.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # imported where used: pandas costs half a second at start-up
     import pandas as pd
 
 DEFAULT_MAX_AGE = dt.timedelta(minutes=5)
-EVENTS_TABLE = "bqx_as_of_events"  # a temporary table of the retrieval's session
+EVENTS_TABLE = "bqx_as_of_events"  # the chunk's event keys (_events_relation)
 KEY_COLUMNS = ("pair", "event_time")
 RESULT_COLUMNS = ("feature_ts_utc", "feature_age", "feature_missing_reason")
 ORDINAL = "bqx_event_ordinal"  # the event's position in the input, sent with its keys
@@ -176,10 +177,12 @@ def _compile_key(project_dir: Path, dbname: str, arguments: dict[str, Any]) -> s
     return digest.hexdigest()[:24]
 
 
-def as_of_sql(dsn: str, options: AsOfOptions, method: str, *, project_dir: Path = PROJECT_DIR) -> str:
-    """The compiled `features_as_of` over the temporary events table, wrapped so that the age is
-    microseconds (an Arrow duration, not an interval) and the ordinal comes back; cached in
-    .bqx/cache/ per macro source, vars, database and arguments (dbt compiles in seconds)."""
+def as_of_sql(
+    dsn: str, options: AsOfOptions, method: str, *, distributed: bool = False, project_dir: Path = PROJECT_DIR
+) -> str:
+    """The compiled `features_as_of` over the events table (see _events_relation), wrapped so
+    that the age is microseconds (an Arrow duration, not an interval) and the ordinal comes back;
+    cached in .bqx/cache/ per macro source, vars, database and arguments (dbt compiles in seconds)."""
     from bqx.dbt import run_dbt
     from bqx.server import dsn_parts
 
@@ -187,14 +190,17 @@ def as_of_sql(dsn: str, options: AsOfOptions, method: str, *, project_dir: Path 
         "columns": list(options.columns) if options.columns is not None else None,
         "max_age": f"{int(options.max_age.total_seconds() * 1_000_000)} microseconds",
         "method": method,
+        "events": _events_relation(distributed),
+        "event_columns": [*KEY_COLUMNS, ORDINAL],
     }
     key = _compile_key(project_dir, dsn_parts(dsn)["dbname"], arguments)
     cache = project_dir / ".bqx" / "cache" / "as_of" / f"{key}.sql"
     if cache.is_file():
         return cache.read_text()
     call = (
-        f"{{{{ features_as_of('pg_temp.{EVENTS_TABLE}', columns={json.dumps(arguments['columns'])}, "
-        f"max_age='{arguments['max_age']}', method='{method}') }}}}"
+        f"{{{{ features_as_of('{arguments['events']}', columns={json.dumps(arguments['columns'])}, "
+        f"max_age='{arguments['max_age']}', method='{method}', "
+        f"event_columns={json.dumps(arguments['event_columns'])}) }}}}"
     ).replace("null", "none")
     done = run_dbt(["compile", "--quiet", "--output", "json", "--inline", call], dsn, project_dir=project_dir, capture=True)
     compiled = None
@@ -234,10 +240,62 @@ def _connect(dsn: str) -> Any:
         raise RetrievalError(f"cannot reach the database: {str(err).splitlines()[0]}") from None
 
 
-def _retrieve_chunk(cursor: Any, keys: pa.Table, sql: str) -> pa.Table:
-    cursor.execute(f"drop table if exists pg_temp.{EVENTS_TABLE}")
-    cursor.adbc_ingest(EVENTS_TABLE, keys, mode="create", temporary=True)
-    cursor.execute(f"analyze pg_temp.{EVENTS_TABLE}")  # temporary tables are never auto-analysed
+def _events_relation(distributed: bool) -> str:
+    """Where a chunk's event keys go. On one server a temporary table. On Citus a table
+    distributed by pair beside the feature tables, so that every step of the retrieval runs on
+    the pair's shard (a temporary table stays on the coordinator: each step over it would pull
+    rows there); it lives in a schema of this session's own (_session_schema), found by the
+    search path, so concurrent retrievals never share it."""
+    return EVENTS_TABLE if distributed else f"pg_temp.{EVENTS_TABLE}"
+
+
+def _is_distributed(cursor: Any) -> bool:
+    """True on Citus with raw.m1_bars distributed (bqx db distribute): the tables are sharded by pair."""
+    cursor.execute(
+        "select exists (select from pg_extension where extname = 'citus') "
+        "and to_regclass('raw.m1_bars') is not null"
+    )
+    if not cursor.fetchone()[0]:
+        return False
+    cursor.execute("select count(*) from pg_dist_partition where logicalrelid = 'raw.m1_bars'::regclass")
+    return cursor.fetchone()[0] > 0
+
+
+@contextlib.contextmanager
+def _session_schema(conn: Any, cursor: Any) -> Iterator[None]:
+    """On Citus: a schema of this session's own holding the distributed events table, first on
+    the search path, dropped at the end (also when the retrieval fails)."""
+    cursor.execute("select 'bqx_as_of_' || pg_backend_pid() || '_' || substr(md5(random()::text), 1, 8)")
+    schema = cursor.fetchone()[0]
+    cursor.execute(f"create schema {schema}")
+    cursor.execute(
+        f"create table {schema}.{EVENTS_TABLE} (pair text not null, event_time timestamptz not null, {ORDINAL} bigint not null)"
+    )
+    cursor.execute(
+        f"select create_distributed_table('{schema}.{EVENTS_TABLE}', 'pair', colocate_with => 'raw.m1_bars')"
+    )
+    cursor.execute(f"set search_path to {schema}, public")
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.rollback()
+        cursor.execute(f"drop schema {schema} cascade")
+        conn.commit()
+
+
+def _retrieve_chunk(conn: Any, cursor: Any, keys: pa.Table, sql: str, distributed: bool) -> pa.Table:
+    if distributed:
+        cursor.execute(f"truncate {EVENTS_TABLE}")
+        cursor.adbc_ingest(EVENTS_TABLE, keys, mode="append")
+        cursor.execute(f"analyze {EVENTS_TABLE}")
+        # committed before the query: its per-pair lookups run over connections of their own,
+        # which Citus refuses inside a transaction that has written to the shards
+        conn.commit()
+    else:
+        cursor.execute(f"drop table if exists pg_temp.{EVENTS_TABLE}")
+        cursor.adbc_ingest(EVENTS_TABLE, keys, mode="create", temporary=True)
+        cursor.execute(f"analyze pg_temp.{EVENTS_TABLE}")  # temporary tables are never auto-analysed
     cursor.execute(sql)
     result = cursor.fetch_arrow_table()
     order = pc.sort_indices(result.column(ORDINAL))
@@ -266,26 +324,32 @@ def as_of_batches(
         bar = tqdm(total=table.num_rows, unit="event", desc="bqx features", unit_scale=True)
     compiled: dict[str, str] = {}
     with _connect(dsn) as conn, conn.cursor() as cursor:
-        for start in range(0, max(table.num_rows, 1), options.chunk_rows):
-            chunk = table.slice(start, options.chunk_rows)
-            method = options.method_for(chunk.num_rows)
-            if method not in compiled:
-                compiled[method] = _wrapped(as_of_sql(dsn, options, method), _feature_names(cursor, options))
-            keys = pa.table(
-                {
-                    "pair": chunk.column("pair"),
-                    "event_time": chunk.column("event_time"),
-                    ORDINAL: pa.array(range(chunk.num_rows), pa.int64()),
-                }
-            )
-            found = _retrieve_chunk(cursor, keys, compiled[method])
-            joined = chunk
-            for name in found.column_names:
-                joined = joined.append_column(name, found.column(name))
-            conn.commit()
-            if bar is not None:
-                bar.update(chunk.num_rows)
-            yield joined
+        distributed = _is_distributed(cursor)
+        if distributed and options.method == "index":
+            raise RetrievalError("method 'index' needs a single server; on Citus use 'window' (or 'auto')")
+        with _session_schema(conn, cursor) if distributed else contextlib.nullcontext():
+            for start in range(0, max(table.num_rows, 1), options.chunk_rows):
+                chunk = table.slice(start, options.chunk_rows)
+                # on Citus always the merge: the index walk cannot run on the shards
+                method = "window" if distributed else options.method_for(chunk.num_rows)
+                if method not in compiled:
+                    sql = as_of_sql(dsn, options, method, distributed=distributed)
+                    compiled[method] = _wrapped(sql, _feature_names(cursor, options))
+                keys = pa.table(
+                    {
+                        "pair": chunk.column("pair"),
+                        "event_time": chunk.column("event_time"),
+                        ORDINAL: pa.array(range(chunk.num_rows), pa.int64()),
+                    }
+                )
+                found = _retrieve_chunk(conn, cursor, keys, compiled[method], distributed)
+                joined = chunk
+                for name in found.column_names:
+                    joined = joined.append_column(name, found.column(name))
+                conn.commit()
+                if bar is not None:
+                    bar.update(chunk.num_rows)
+                yield joined
     if bar is not None:
         bar.close()
 

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from bqx.distribute import distribute, record_loaded_changes
-from bqx.features import as_of
+from bqx.features import AsOfOptions, RetrievalError, as_of, as_of_sql
 from bqx.load import load_frame
 from citus_cluster import create_citus_database, create_plain_database, drop_database
 from conftest import FIXTURE_PAIRS, query_frame
@@ -126,12 +126,6 @@ def test_the_wave1_build_on_citus_equals_postgresql_bit_for_bit(
     dbt_runner(citus, "test", "--select", "tag:wave1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retrieval does not run on Citus yet (README, Known limits): the events are a temporary table "
-    "on the coordinator, and Citus refuses the walk back (a LATERAL outer join over a distributed table "
-    "following a local table's rows) and cannot ship the events' row type to the workers",
-)
 def test_point_in_time_retrieval_on_citus_equals_postgresql(databases: tuple[str, str]) -> None:
     citus, plain = databases
     rng = np.random.default_rng(13)
@@ -147,9 +141,27 @@ def test_point_in_time_retrieval_on_citus_equals_postgresql(databases: tuple[str
     # at a bar's open and close, duplicated
     events.loc[0:3, "event_time"] = pd.Timestamp("2024-07-03 14:07", tz="UTC")
     events.loc[4:5, "event_time"] = pd.Timestamp("2024-07-03 14:08", tz="UTC")
+    on_citus = as_of(events, dsn=citus)  # auto: the merge, the one method that runs on the shards
+    assert len(on_citus) == count
+    assert set(on_citus["feature_missing_reason"].dropna()) >= {"stale", "before_first_bar"}
     for method in ("window", "index"):
-        on_citus = as_of(events, dsn=citus, method=method)
         on_plain = as_of(events, dsn=plain, method=method)
-        assert len(on_citus) == count
-        assert set(on_citus["feature_missing_reason"].dropna()) >= {"stale"}
         pd.testing.assert_frame_equal(on_citus, on_plain, check_exact=True)
+    with pytest.raises(RetrievalError, match="single server"):
+        as_of(events, dsn=citus, method="index")
+    # the session's events schema is gone, whether the retrieval ended or failed
+    assert query_frame(citus, "select count(*) as n from pg_namespace where nspname like 'bqx_as_of_%'")["n"][0] == 0
+
+    # every step over the events runs on the shards: one task per shard, and the one query
+    # planned apart is the frontier (the configured pairs' lookups, on the coordinator)
+    sql = as_of_sql(citus, AsOfOptions(), "window", distributed=True)
+    with psycopg.connect(citus) as conn:
+        conn.execute("create schema bqx_as_of_plan")
+        conn.execute("create table bqx_as_of_plan.bqx_as_of_events (pair text, event_time timestamptz, bqx_event_ordinal bigint)")
+        conn.execute("select create_distributed_table('bqx_as_of_plan.bqx_as_of_events', 'pair', colocate_with => 'raw.m1_bars')")
+        conn.execute("set search_path to bqx_as_of_plan, public")
+        plan = "\n".join(row[0] for row in conn.execute(f"explain (costs off) {sql}").fetchall())
+        conn.rollback()
+    subplans = re.findall(r"Distributed Subplan \S+\n\s+->  (.*)", plan)
+    assert subplans == ['Values Scan on "*VALUES*"'], plan[:4000]
+    assert f"Task Count: {_shard_count(citus)}" in plan, plan[:4000]

@@ -151,10 +151,13 @@ def test_a_bar_not_built_yet_is_said(wave1_dsn: str, fixture_features: pd.DataFr
     sql = as_of_sql(wave1_dsn, AsOfOptions(columns=tuple(COLUMNS)), "window")
     with psycopg.connect(wave1_dsn) as conn:
         conn.execute("delete from features.volume_features where pair = 'EURUSD' and ts_utc > %s", (cut,))
-        conn.execute("create temp table bqx_as_of_events (pair text, event_time timestamptz) on commit drop")
+        conn.execute(
+            "create temp table bqx_as_of_events (pair text, event_time timestamptz, bqx_event_ordinal bigint) on commit drop"
+        )
         times = [cut + MINUTE, cut + 2 * MINUTE, eurusd["ts_utc"].iloc[-1] + MINUTE]
         conn.execute(
-            "insert into bqx_as_of_events select 'EURUSD', t from unnest(%s::timestamptz[]) as t", ([t.to_pydatetime() for t in times],)
+            "insert into bqx_as_of_events select 'EURUSD', t, ordinal from unnest(%s::timestamptz[]) with ordinality as e (t, ordinal)",
+            ([t.to_pydatetime() for t in times],),
         )
         rows = conn.execute(f"select event_time, feature_ts_utc, feature_missing_reason, bqx_w15 from ({sql}) as r order by 1").fetchall()
         conn.rollback()
