@@ -132,6 +132,8 @@ def sql_time_split(bench: BenchDatabase, model: str) -> str:
 
 def main() -> int:
     months = bench_months("BENCH_PEER_MONTHS")
+    if months < 1:
+        raise SystemExit("BENCH_PEER_MONTHS=0: no bars to measure (1 or more months)")
     size = size_label(months)
     failed: list[str] = []
     with bench_database("peer", end=months_later(BENCH_START, months)) as bench:
