@@ -272,7 +272,7 @@ def volatility_columns(series: np.ndarray, position: np.ndarray, log_returns: bo
     for w in map(int, VARS["volatility_windows"]):
         count = window_sum(~np.isnan(returns), w)
         full = (position >= w) & (count == w)
-        start = np.r_[np.full(w, np.nan), series[:-w]]
+        start = np.r_[np.full(w, np.nan), series[:-w]][: len(series)]  # fewer bars than W: all NaN
         with np.errstate(divide="ignore", invalid="ignore"):
             window_return = np.log(series / start) if log_returns else series - start
         # clamped at 0: a compensated sum of non-negative terms can still round below 0
