@@ -188,7 +188,7 @@ def main() -> int:
     left_out = sorted(set(sql) - set(peer))
     record(
         "peer.wave1.s", peer_total, "s",
-        f"the peer's round trips of all {len(peer)} wave-1 feature models and targets, one after the other "
+        f"the peer's round trips of all {len(peer)} models (every wave-1 feature model and targets), one after the other "
         f"({phase_totals}); {size}",
     )  # fmt: skip
     record(
