@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BenchDatabase, bench_database, best_of, record  # noqa: E402
-from reg_numpy import column_names, reg_polyfit_loop, reg_vectorised  # noqa: E402
+from peer_models import read_bars, reg_columns, reg_polyfit_loop, write_table  # noqa: E402
 
 from bqx import pgcopy  # noqa: E402
 
@@ -46,34 +45,12 @@ def polyfit_loop_rows_per_s(bench: BenchDatabase) -> float:
 
 
 def numpy_vectorised_build(bench: BenchDatabase) -> int:
-    """Read the index, compute every REG column per pair, COPY into a new table, index it."""
+    """The peer's reg_rate round trip (bench/peer_models.py): read the index, every REG column per
+    pair, binary COPY into a new table + its unique index."""
     with psycopg.connect(bench.dsn) as conn:
-        pairs, ts_pg, y = pgcopy.read_copy(
-            conn, "select pair, ts_utc, close_idx from staging.m1_index order by pair, ts_utc", ["S6", ">i8", ">f8"]
-        )
-        columns = {name: np.empty(len(y)) for name in column_names(WINDOWS)}
-        bounds = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1], True])
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            for name, values in reg_vectorised(y[lo:hi], WINDOWS).items():
-                columns[name][lo:hi] = values
-        conn.execute("drop table if exists public.bench_reg_numpy")
-        conn.execute(
-            "create table public.bench_reg_numpy (pair text, ts_utc timestamptz, "
-            + ", ".join(f"{name} double precision" for name in columns)
-            + ")"
-        )
-        pgcopy.copy_into(
-            conn,
-            "public.bench_reg_numpy",
-            {
-                "pair": pgcopy.text(pairs),
-                "ts_utc": pgcopy.timestamptz(ts_pg + pgcopy.PG_EPOCH_US),
-                **{name: pgcopy.float8(values) for name, values in columns.items()},  # NaN = NULL
-            },
-        )
-        conn.execute("create unique index on public.bench_reg_numpy (pair, ts_utc)")
-        conn.commit()
-    return len(y)
+        bars = read_bars(conn, {"close_idx": "float8"})
+        write_table(conn, "public.bench_reg_numpy", bars, reg_columns(bars.values["close_idx"], bars, True))
+    return len(bars.position)
 
 
 def compiled_model_sql(bench: BenchDatabase) -> str:

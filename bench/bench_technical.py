@@ -30,16 +30,13 @@ import time
 import numpy as np
 import pandas as pd
 import psycopg
-import talib
 from common import BenchDatabase, bench_database, record
+from peer_models import talib_indicators, technical_column_names
 
 from bqx import pgcopy
 
 REPEAT = 3
-COLUMNS = [
-    "rsi_14", "rsi_21", "macd", "macd_signal", "macd_hist", "stoch_k", "stoch_d",
-    "adx_14", "plus_di_14", "minus_di_14", "cci_20",
-]  # fmt: skip
+COLUMNS = technical_column_names()
 PANDAS_TABLE = "public.bench_technical_pandas"
 WINDOW_SUMS_TABLE = "public.bench_technical_window_sums"
 
@@ -55,26 +52,10 @@ def sql_build(bench: BenchDatabase) -> float:
 
 
 def indicators(frame: pd.DataFrame) -> pd.DataFrame:
-    """TA-Lib on one pair's bars (sorted by ts_utc)."""
+    """TA-Lib on one pair's bars (sorted by ts_utc): the peer's (bench/peer_models.py)."""
     high, low, close = (frame[c].to_numpy(dtype=float) for c in ("high_idx", "low_idx", "close_idx"))
-    macd, signal, hist = talib.MACD(close, 12, 26, 9)
-    slow_k, slow_d = talib.STOCH(high, low, close, 14, 3, talib.MA_Type.SMA, 3, talib.MA_Type.SMA)
     return pd.DataFrame(
-        {
-            "pair": frame["pair"].to_numpy(),
-            "ts_utc": frame["ts_utc"].to_numpy(),
-            "rsi_14": talib.RSI(close, 14),
-            "rsi_21": talib.RSI(close, 21),
-            "macd": macd,
-            "macd_signal": signal,
-            "macd_hist": hist,
-            "stoch_k": slow_k,
-            "stoch_d": slow_d,
-            "adx_14": talib.ADX(high, low, close, 14),
-            "plus_di_14": talib.PLUS_DI(high, low, close, 14),
-            "minus_di_14": talib.MINUS_DI(high, low, close, 14),
-            "cci_20": talib.CCI(high, low, close, 20),
-        }
+        {"pair": frame["pair"].to_numpy(), "ts_utc": frame["ts_utc"].to_numpy(), **talib_indicators(high, low, close)}
     )
 
 
