@@ -20,7 +20,9 @@ its database (bench/run.py runs one script at a time).
    - `psycopg_fetch`: the plain cursor a user would write on the same view query,
      `cur.execute(...)`, `fetchall()`, one Python object per value: the baseline.
    Rows/s and values/s (rows × columns); ratios against the plain cursor fetch, and the 2 × 2 of
-   decoder (ADBC, psycopg binary COPY + pgcopy) × source (per relation, the view).
+   decoder (ADBC, psycopg binary COPY + pgcopy) × source (per relation, the view). And the
+   server's ceiling: the backend's CPU time producing the builder's per-relation COPYs (read and
+   thrown away), spread over every core: no reader on this machine can beat it.
 2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
    RSS (`builder.*`), the first (cold) run; goals at FX-year size: <= 5 minutes, <= 4 GiB.
 """
@@ -65,6 +67,35 @@ def relations_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCat
                 columns = ex.read_rows(conns, relations, source.pair, chunk)
                 rows += len(next(iter(columns.values())))
     return rows
+
+
+def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> float | None:
+    """The server's side alone: the builder's per-relation queries as binary COPY read and thrown
+    away (no decoding), one connection; returns the backend's CPU seconds (/proc/<pid>/stat, user
+    + system), or None when the server is not on this machine. PostgreSQL produces COPY output
+    on one core per connection, so rows ÷ (these seconds ÷ cores) is the most any reader can get
+    out of this machine with every core producing COPY output and none left for decoding."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with ex.connect(dsn) as conn:
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        stat = Path(f"/proc/{pid}/stat")
+        if not stat.exists():
+            return None
+
+        def cpu() -> float:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        conn.execute("set max_parallel_workers_per_gather = 0")
+        relations = ex.plan_relations(conn, catalog)
+        started = cpu()
+        for source in sources:
+            for relation in relations:
+                query = ex.relation_query(relation, source.pair, source.first_ts, source.last_ts).as_string(conn)
+                with conn.cursor().copy(f"copy ({query}) to stdout (format binary)") as copy:
+                    for _block in copy:
+                        pass
+        return cpu() - started
 
 
 def relations_adbc(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> int:
@@ -196,6 +227,16 @@ def main() -> int:
             record(f"extract.{name}.values_per_s", rows * width / value, "values/s", f"{labels[name]}; {what}")
             if name != "psycopg_fetch":
                 record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run; {what}")
+        server_cpu = min(filter(None, (server_copy_cpu(bench.dsn, sources, catalog) for _ in range(REPEAT))), default=None)
+        if server_cpu:
+            cores = os.cpu_count() or 1
+            record(
+                "extract.server_copy_ceiling.rows_per_s", rows / (server_cpu / cores), "rows/s",
+                f"the server's side alone: PostgreSQL's CPU time producing the builder's per-relation binary COPYs "
+                f"({server_cpu:.2f} s of backend CPU, read and thrown away, no decoding) spread over all {cores} cores: "
+                f"the most any reader can extract on this machine ({rows * width / server_cpu:,.0f} values/s per core); {what} "
+                f"(goal ≥ 100k rows/s at 300+ columns)",
+            )  # fmt: skip
         for decoder in ("pgcopy", "adbc"):
             record(
                 f"extract.ratio.relations_over_view.{decoder}", seconds[f"view_{decoder}"] / seconds[f"relations_{decoder}"], "×",
