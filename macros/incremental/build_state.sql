@@ -14,8 +14,12 @@
       runs         one row per dbt invocation: command, start, end, status.
       model_runs   one row per model built: start, end, pairs recomputed, rows written.
       audits       one row per `bqx audit`: snapshot, what it compared, the worst difference.
-    Created idempotently by on-run-start (create_build_state); `bqx audit` and `bqx status`
-    only read it (and audits).
+      audited_pairs per model and pair: the model's consumed snapshot when an audit last checked
+                   the pair's changes (the changes it had consumed by then are audited; a pair
+                   the audit skipped, its changes not yet consumed, keeps its older snapshot, so
+                   its changes are checked by the first audit after a build consumed them).
+    Created idempotently by on-run-start (create_build_state); `bqx audit` writes audits and
+    audited_pairs, `bqx status` only reads.
 -#}
 {% macro create_build_state() -%}
 create schema if not exists build_state;
@@ -82,6 +86,13 @@ create table if not exists build_state.audits (
     mismatches        bigint      not null,
     passed            boolean     not null,
     report            jsonb       not null
+);
+create table if not exists build_state.audited_pairs (
+    model             text        not null,
+    pair              text        not null,
+    audited_snapshot  pg_snapshot not null,
+    audit_id          bigint      not null,
+    primary key (model, pair)
 )
 {%- endmacro %}
 
@@ -166,6 +177,12 @@ begin
                 from build_state.audits as audited
                 order by audited.audit_id desc
                 limit 1
+            )
+            -- and every model and pair an audit has checked has seen it (a pair skipped by the
+            -- last audit, its changes then not consumed, keeps them until an audit checks them)
+            and not exists (
+                select from build_state.audited_pairs as audited_pair
+                where consumed.xid >= pg_snapshot_xmin(audited_pair.audited_snapshot)
             );
     end if;
 exception when insufficient_privilege then

@@ -2,9 +2,11 @@
 form, and compare them with what the tables hold.
 
 Which rows, per model and pair:
-  - every minute of raw.m1_changes since the last audit (changes its build has consumed; a
-    long range is checked at its first and last `changed_limit` bars), so a row written wrong
-    by a build that raced a load, or edited by hand since, is found whatever the seed;
+  - every minute of raw.m1_changes the model has consumed since the pair's last passing audit of
+    it (build_state.audited_pairs: a change committed after a build is checked by the first audit
+    after the build that consumes it; a long range is checked at its first and last
+    `changed_limit` bars), so a row written wrong by a build that raced a load, or edited by hand
+    since, is found whatever the seed;
   - `sample` minutes drawn at random (numpy, seeded: the seed is printed and recorded), anywhere
     in the pair, or among the rows one build wrote (`written_by`: the audit `bqx build` ends with);
   - with `full`, every row.
@@ -228,48 +230,67 @@ def _audit_round(conn: psycopg.Connection, model: CompiledModel, columns: list[s
     return int(rows), bad
 
 
-def _changed_ranges(conn: psycopg.Connection, since: str | None, limit: int) -> dict[str, list[tuple[str, str]]]:
-    """Per pair, the minutes changed in raw.m1_changes since the snapshot `since` (every change
-    if None) and consumed by m1_index: their hull's first and last `limit` bars."""
+def _changed_ranges(
+    conn: psycopg.Connection, model: str, since: str | None, limit: int
+) -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
+    """Per pair, the minutes changed in raw.m1_changes that `model` has consumed since the pair's
+    last audit (build_state.audited_pairs; for a pair no audit has checked yet, since the
+    snapshot `since` of the last audit, or every change if None): their hull's first and last
+    `limit` bars. Also, per pair the model has built, its consumed snapshot now: what this audit
+    marks as audited for the pairs it checks."""
     rows = conn.execute(
         """
-        with consumed as (
-            select changes.pair as changed_pair, state.pair, changes.first_ts, changes.last_ts
-            from raw.m1_changes as changes
-            join build_state.model_pairs as state
-              on state.model = 'm1_index' and (changes.pair = state.pair or changes.pair is null)
-            where pg_visible_in_snapshot(changes.xid, state.consumed_snapshot)
-              and (%(since)s::pg_snapshot is null or not pg_visible_in_snapshot(changes.xid, %(since)s::pg_snapshot))
+        with model_state as (
+            select state.pair, state.consumed_snapshot, audited.audited_snapshot
+            from build_state.model_pairs as state
+            left join build_state.audited_pairs as audited
+              on audited.model = state.model and audited.pair = state.pair
+            where state.model = %(model)s
+        ),
+        consumed as (
+            select model_state.pair, changes.first_ts, changes.last_ts
+            from model_state
+            join raw.m1_changes as changes on changes.pair = model_state.pair or changes.pair is null
+            where pg_visible_in_snapshot(changes.xid, model_state.consumed_snapshot)
+              and (
+                  coalesce(model_state.audited_snapshot, %(since)s::pg_snapshot) is null
+                  or not pg_visible_in_snapshot(changes.xid, coalesce(model_state.audited_snapshot, %(since)s::pg_snapshot))
+              )
         ),
         hulls as (
             select pair, min(first_ts) as first_ts, max(last_ts) as last_ts from consumed group by pair
         )
-        select hulls.pair, head.ts_from::text, head.ts_to::text, tail.ts_from::text, tail.ts_to::text
-        from hulls
-        cross join lateral (
+        select model_state.pair, model_state.consumed_snapshot::text,
+               head.ts_from::text, head.ts_to::text, tail.ts_from::text, tail.ts_to::text
+        from model_state
+        left join hulls on hulls.pair = model_state.pair
+        left join lateral (
             select min(ts_utc) as ts_from, max(ts_utc) as ts_to from (
                 select ts_utc from staging.m1_index as bars
                 where bars.pair = hulls.pair and bars.ts_utc >= hulls.first_ts and bars.ts_utc <= hulls.last_ts
                 order by ts_utc limit %(limit)s
             ) as first_bars
-        ) as head
-        cross join lateral (
+        ) as head on true
+        left join lateral (
             select min(ts_utc) as ts_from, max(ts_utc) as ts_to from (
                 select ts_utc from staging.m1_index as bars
                 where bars.pair = hulls.pair and bars.ts_utc >= hulls.first_ts and bars.ts_utc <= hulls.last_ts
                 order by ts_utc desc limit %(limit)s
             ) as last_bars
-        ) as tail
-        where head.ts_from is not null
+        ) as tail on true
         """,
-        {"since": since, "limit": limit},
+        {"model": model, "since": since, "limit": limit},
     ).fetchall()
     ranges: dict[str, list[tuple[str, str]]] = {}
-    for pair, head_from, head_to, tail_from, tail_to in rows:
+    snapshots: dict[str, str] = {}
+    for pair, snapshot, head_from, head_to, tail_from, tail_to in rows:
+        snapshots[pair] = snapshot
+        if head_from is None:
+            continue
         ranges[pair] = [(head_from, head_to)]
         if tail_from > head_to:
             ranges[pair].append((tail_from, tail_to))
-    return ranges
+    return ranges, snapshots
 
 
 def _sampled_minutes(
@@ -377,7 +398,9 @@ def run_audit(
         last = conn.execute(
             "select audit_snapshot::text from build_state.audits order by audit_id desc limit 1"
         ).fetchone()
-        changed = {} if full else _changed_ranges(conn, last[0] if last else None, changed_limit)
+        since = last[0] if last else None
+        changed_count = 0
+        audited: list[tuple[str, str, str]] = []  # (model, pair, consumed snapshot) checked here
         conn.commit()
         from tqdm import tqdm
 
@@ -388,6 +411,12 @@ def run_audit(
             audit = ModelAudit(model.name)
             pending = set(_pending_pairs(conn, model.name))
             audit.pending_pairs = sorted(pending)
+            changed, consumed = _changed_ranges(conn, model.name, since, changed_limit)
+            if full:
+                changed = {}
+            changed_count += sum(len(r) for p, r in changed.items() if p not in pending)
+            # a pending pair is skipped: its changes stay unaudited until a build consumed them
+            audited += [(model.name, pair, seen) for pair, seen in consumed.items() if pair not in pending]
             columns = _columns(conn, model.relation)
             rounds: list[list[tuple]] = []
             if full:
@@ -423,19 +452,29 @@ def run_audit(
             audit.seconds = round(time.perf_counter() - t0, 2)
             audits.append(audit)
         report = AuditReport(
-            seed, sample, full, audits, sum(len(r) for r in changed.values()), time.perf_counter() - started, written_by
+            seed, sample, full, audits, changed_count, time.perf_counter() - started, written_by
         )
-        conn.execute(
-            "insert into build_state.audits (started_at, audit_snapshot, sample_per_pair, seed, full_audit, "
-            "rows_compared, values_compared, mismatches, passed, report) "
-            "values (%s, %s::pg_snapshot, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                started_at, snapshot, sample, seed, full,
-                sum(m.rows for m in audits), sum(m.values for m in audits), report.mismatches, report.passed,
-                json.dumps(report.as_dict()),
-            ),
-        )
-        conn.commit()
+        # the pairs' changes count as audited only for a model that passed: after a failure the
+        # next audit checks the same changed minutes again, until they are right
+        passed_models = {m.model for m in audits if m.mismatched_rows == 0}
+        with conn.transaction():
+            audit_id = conn.execute(
+                "insert into build_state.audits (started_at, audit_snapshot, sample_per_pair, seed, full_audit, "
+                "rows_compared, values_compared, mismatches, passed, report) "
+                "values (%s, %s::pg_snapshot, %s, %s, %s, %s, %s, %s, %s, %s) returning audit_id",
+                (
+                    started_at, snapshot, sample, seed, full,
+                    sum(m.rows for m in audits), sum(m.values for m in audits), report.mismatches, report.passed,
+                    json.dumps(report.as_dict()),
+                ),
+            ).fetchone()[0]
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "insert into build_state.audited_pairs (model, pair, audited_snapshot, audit_id) "
+                    "values (%s, %s, %s::pg_snapshot, %s) on conflict (model, pair) do update "
+                    "set audited_snapshot = excluded.audited_snapshot, audit_id = excluded.audit_id",
+                    [(model, pair, consumed, audit_id) for model, pair, consumed in audited if model in passed_models],
+                )
     return report
 
 

@@ -313,6 +313,35 @@ def test_audit_passes_clean_and_catches_a_corrupted_row(ops_dsn: str, fixture_ba
     assert run_audit(ops_dsn, sample=1, models=compiled).passed
 
 
+def test_audit_checks_a_change_committed_after_a_build_once_a_build_consumed_it(
+    ops_dsn: str, fixture_bars: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A correction loaded after a build is pending at the next audit (skipped there: its rows
+    are not rebuilt yet); the audit after the build that consumes it must still check its minutes.
+    It did not when "changed since the last audit" meant since that audit's snapshot, which
+    already held the correction. With no random sample, only that rule can find the row."""
+    at = pd.Timestamp("2024-07-05 09:30", tz="UTC")
+    assert run_audit(ops_dsn, sample=0, target=tmp_path / "audit").passed
+    compiled = compiled_models(tmp_path / "audit")
+    load_frame(ops_dsn, _wrong(fixture_bars, at, "EURJPY"), "a correction after the build")
+    pending = run_audit(ops_dsn, sample=0, models=compiled)
+    assert pending.passed and all("EURJPY" in m.pending_pairs for m in pending.models), pending.as_dict()
+    run_build(ops_dsn, BuildOptions(dbt_args=[], audit_sample=0), target_path=tmp_path / "build")
+    # the build consumed the correction; its bqx row is then written wrong (by hand here)
+    with psycopg.connect(ops_dsn) as conn:
+        assert conn.execute(
+            "update features.bqx set bqx_w15 = bqx_w15 * (1 + 1e-15) where pair = 'EURJPY' and ts_utc = %s", (at,)
+        ).rowcount == 1
+    caught = run_audit(ops_dsn, sample=0, models=compiled)
+    assert not caught.passed and [m.model for m in caught.models if m.mismatched_rows] == ["bqx"], caught.as_dict()
+    # a failed model's changes stay unaudited: the next audit checks them again
+    assert not run_audit(ops_dsn, sample=0, models=compiled).passed
+    # put the bar back as the fixture has it (the module's other tests expect its bars)
+    load_frame(ops_dsn, fixture_bars[(fixture_bars["pair"] == "EURJPY") & (fixture_bars["ts_utc"] == at)], "undo")
+    run_build(ops_dsn, BuildOptions(dbt_args=[], audit_sample=0), target_path=tmp_path / "undo")
+    assert run_audit(ops_dsn, sample=0, models=compiled).passed
+
+
 def test_a_model_writing_no_row_for_a_pair_with_new_bars_fails_the_build(
     ops_dsn: str, fixture_bars: pd.DataFrame, tmp_path: Path
 ) -> None:
