@@ -420,6 +420,17 @@ def run_phases(bench: Bench, months: int, end: dt.date, extract_pairs: int) -> N
     record(f"{prefix}.increment.one_day_share_of_bars.ratio", day_rows / (history_rows + day_rows), "ratio",
            f"the day's {day_rows:,} bars ÷ all {history_rows + day_rows:,}: what a proportional increment would cost; {size}")
 
+    # `bqx status --json` after the increment, best of 3: it reads the build log and index probes
+    # (no scan), so it should not grow with the history (issue 10: ≤ 1 s at FX-year)
+    status_seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        bench.cli("status", "--json")
+        status_seconds.append(time.perf_counter() - started)
+    record(f"{prefix}.status.s", min(status_seconds), "s",
+           f"wall of `bqx status --json` (the CLI process, its Python start-up included) after the increment, best of 3 "
+           f"(goal at 12 months: ≤ 1 s); {size}")  # fmt: skip
+
     if extract_pairs > 0:
         from bqx.catalog import feature_catalog
         from bqx.datasets import extract as ex
