@@ -194,7 +194,6 @@ $prune$
 {%- endmacro %}
 
 
-
 {#- on-run-start: partitions of raw.m1_bars made by hand get the change-log triggers (their
     rows are recorded as changed); a no-op before the first `bqx load`. -#}
 {% macro ensure_change_triggers() -%}

@@ -3,7 +3,7 @@
 {#- No two rows share the values of `combination_of_columns`. Where a valid unique index on
     exactly those columns (no expression, no predicate) guards the table, that index is the check:
     PostgreSQL refuses any duplicate it would find, so the test reads the catalog and skips the
-    scan (a one-time filter: the scan below it never starts). At FX-year the scan took 100-300 s
+    scan (a one-time filter: the scan below it never starts). At 6 months the scan took 100-300 s
     per model and could not fail. Without such an index (a view, an index dropped or left invalid
     by a failed build) the test scans every row; on an incremental build it scans the rows the build
     wrote (get_where_subquery hands it a subquery, not a table). Rows with a NULL key are not

@@ -147,6 +147,25 @@ def fixture_bars() -> pd.DataFrame:
     return make_fixture_bars()
 
 
+def built_pairs_database(
+    database_factory: Callable[[str], str],
+    dbt_runner: Callable[..., Path],
+    fixture_bars: pd.DataFrame,
+    name: str,
+    pairs: list[str],
+    select: str,
+) -> tuple[str, pd.DataFrame]:
+    """A database of its own holding the fixture's bars of `pairs` with `dbt run --select
+    <select>` built on them (for a test that changes what it reads); the DSN and those bars."""
+    from bqx.load import load_frame
+
+    dsn = database_factory(name)
+    bars = fixture_bars[fixture_bars["pair"].isin(pairs)].reset_index(drop=True)
+    load_frame(dsn, bars, "bars")
+    dbt_runner(dsn, "run", "--select", select)
+    return dsn, bars
+
+
 @pytest.fixture(scope="session")
 def wave1_build(
     database_factory: Callable[[str], str], dbt_runner: Callable[..., Path], fixture_bars: pd.DataFrame

@@ -12,6 +12,7 @@ import pandas as pd
 import psycopg
 
 from bqx.load import load_frame
+from conftest import built_pairs_database
 
 PAIRS = ["EURUSD", "USDJPY"]
 CORRECTED = pd.Timestamp("2024-07-03 12:00", tz="UTC")
@@ -20,10 +21,7 @@ CORRECTED = pd.Timestamp("2024-07-03 12:00", tz="UTC")
 def test_targets_tested_on_a_corrected_range_count_bars_to_the_pairs_end(
     database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_runner: Callable[..., Path]
 ) -> None:
-    dsn = database_factory("target_tests")
-    bars = fixture_bars[fixture_bars["pair"].isin(PAIRS)].reset_index(drop=True)
-    load_frame(dsn, bars, "bars")
-    dbt_runner(dsn, "run", "--select", "+targets")
+    dsn, bars = built_pairs_database(database_factory, dbt_runner, fixture_bars, "target_tests", PAIRS, "+targets")
 
     corrected = bars[(bars["pair"] == "EURUSD") & (bars["ts_utc"] == CORRECTED)].copy()
     assert len(corrected) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
-from bqx.load import load_frame
+from conftest import built_pairs_database
 
 PAIRS = ["EURUSD", "USDJPY"]
 TEST_FILE = "unique_combination_of_columns_bqx_pair__ts_utc.sql"
@@ -36,10 +36,7 @@ def _scanned_rows(dsn: str, test_sql: str) -> int:
 def test_unique_test_trusts_a_valid_unique_index_and_scans_without_one(
     database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_runner: Callable[..., Path]
 ) -> None:
-    dsn = database_factory("unique_tests")
-    bars = fixture_bars[fixture_bars["pair"].isin(PAIRS)].reset_index(drop=True)
-    load_frame(dsn, bars, "bars")
-    dbt_runner(dsn, "run", "--select", "+bqx")
+    dsn, _ = built_pairs_database(database_factory, dbt_runner, fixture_bars, "unique_tests", PAIRS, "+bqx")
     target = dbt_runner(dsn, "test", "--select", "bqx,test_name:unique_combination_of_columns")
     (path,) = sorted((target / "compiled").rglob(TEST_FILE))
     test_sql = path.read_text()
