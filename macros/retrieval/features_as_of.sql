@@ -35,9 +35,10 @@
                 hash or nested-loop join on the unique (pair, ts_utc) index: most events of a
                 trading week hit it); an event left without a bar (a gap, a weekend) walks back
                 m1_index's (pair, ts_utc) index to the newest earlier bar (LATERAL ... limit 1).
-                O(events log bars): the choice for few events on one server (Citus refuses the
-                lateral outer join).
-    python/bqx/features.py picks by the number of events (measured: bench/bench_retrieval.py). -#}
+                O(events log bars), no sort of the bars: the faster on one server at every count
+                measured (Citus refuses the lateral outer join).
+    python/bqx/features.py picks 'index' on one server and 'window' on Citus (measured:
+    bench/bench_retrieval.py). -#}
 {% macro features_as_of(events_relation, columns=none, max_age=none, method='window', event_columns=none) -%}
 {%- set max_age = max_age if max_age is not none else var('as_of_max_age') -%}
 {%- set selected = feature_matrix_columns(columns) -%}
@@ -194,7 +195,8 @@ as_of_matched as (
 {%- else %}
 
 as_of_found as (
-    -- the bar opening at the cutoff's minute, when there is one (most events of a trading week)
+    -- the bar opening at the cutoff's minute, when there is one (most events of a trading week):
+    -- one hash or index join on m1_index's unique (pair, ts_utc)
     select
         {{- as_of_carried('as_of_events', carried) }}
         as_of_events.pair,
@@ -210,24 +212,35 @@ as_of_found as (
 ),
 
 as_of_matched as (
-    -- where nothing was found, a backward walk of m1_index's (pair, ts_utc) index finds the
-    -- newest earlier bar (it is older than max_age: its age is reported; or there is none)
+    -- the events that found their bar as they are; the rest (a gap, a weekend) walk m1_index's
+    -- (pair, ts_utc) index back to the newest earlier bar (it is older than max_age: its age is
+    -- reported; or there is none). Two branches, not a coalesce over one lateral join: the
+    -- lateral subquery would be set up for every event, found or not (1,000,000 events: 12 s
+    -- -> 8 s for the keys, measured on 28 pairs x 2 months)
     select
         {{- as_of_carried('as_of_found', carried) }}
         as_of_found.pair,
         as_of_found.event_time,
-        coalesce(as_of_found.found_bar_ts, walked_back.ts_utc) as source_bar_ts
+        as_of_found.found_bar_ts as source_bar_ts
+    from as_of_found
+    where as_of_found.found_bar_ts is not null
+    union all
+    select
+        {{- as_of_carried('as_of_found', carried) }}
+        as_of_found.pair,
+        as_of_found.event_time,
+        walked_back.ts_utc as source_bar_ts
     from as_of_found
     left join lateral (
         select bars.ts_utc
         from {{ ref('m1_index') }} as bars
         where
-            as_of_found.found_bar_ts is null
-            and bars.pair = as_of_found.pair
+            bars.pair = as_of_found.pair
             and bars.ts_utc <= as_of_found.cutoff_ts
         order by bars.ts_utc desc
         limit 1
     ) as walked_back on true
+    where as_of_found.found_bar_ts is null
 ),
 {%- endif %}
 

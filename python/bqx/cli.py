@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the same as JSON, for machines")
     status.set_defaults(func=cmd_status)
 
-    from bqx.features import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_AGE, METHODS
+    from bqx.features import CHUNK_VALUES, DEFAULT_MAX_AGE, MAX_CHUNK_ROWS, METHODS
 
     features = sub.add_parser(
         "features",
@@ -378,10 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="oldest bar still served, e.g. 90s, 5min, 2h (default %(default)s; inclusive)",
     )
     features.add_argument(
-        "--method", default="auto", choices=METHODS, help="how events find their bar (default: by their number)"
+        "--method", default="auto", choices=METHODS, help="how events find their bar (default: index on one server, window on Citus; measured in bench/bench_retrieval.py)"
     )
     features.add_argument(
-        "--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="events per round trip (default %(default)s)"
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help=f"events per round trip (default: {CHUNK_VALUES:,} values' worth for the columns asked for, at most {MAX_CHUNK_ROWS:,})",
     )
     features.set_defaults(func=cmd_features)
 

@@ -12,7 +12,7 @@ a temporary table (ADBC's bulk ingest), the dbt macro `features_as_of` (macros/r
 definition of the semantics, compiled once per set of arguments and cached) joins them with the
 feature tables, and the result comes back as Arrow (ADBC reads the binary COPY in C). Every other
 column of the events stays on the client and is put back beside its row, in the input's order.
-Events are processed in chunks of `chunk_rows` in their input order, so memory stays bounded
+Events are processed in chunks (`chunk_rows`, by default from the column count) in their input order, so memory stays bounded
 and `write_as_of` streams to Parquet.
 """
 
@@ -44,12 +44,16 @@ EVENTS_TABLE = "bqx_as_of_events"  # the chunk's event keys (_events_relation)
 KEY_COLUMNS = ("pair", "event_time")
 RESULT_COLUMNS = ("feature_ts_utc", "feature_age", "feature_missing_reason")
 ORDINAL = "bqx_event_ordinal"  # the event's position in the input, sent with its keys
-# Up to this many events per chunk the index walk ('index') beats sorting the events with the
-# bars of their range ('window'): bench/bench_retrieval.py measured index 0.95 / 2.9 / 25 s
-# against window 5.0 / 5.7 / 37 s for 1,000 / 10,000 / 100,000 random events over 28 pairs x
-# 2 months; the crossing lies above 100,000 and was not measured.
-INDEX_METHOD_MAX_EVENTS = 100_000
-DEFAULT_CHUNK_ROWS = 500_000
+# On one server the index method ('index') beats sorting the events with the bars of their range
+# ('window') at every count measured (bench/bench_retrieval.py, 28 pairs x 2 months, 34 columns:
+# 1,000 / 10,000 / 100,000 / 1,000,000 random events), so 'auto' picks it there; on Citus only the
+# merge runs on the shards, so 'auto' picks 'window' there.
+# Events per round trip, by default from the number of columns asked for: each chunk reads every
+# chosen feature table once (hash joins for many events), so fewer, larger chunks cost less (1,000,000
+# events with 34 columns: 70 s in chunks of 500,000, 54 s in one, measured on 28 pairs x 2 months),
+# while the values of a chunk are held in memory at once (40M float8 values: ~320 MB).
+CHUNK_VALUES = 40_000_000
+MAX_CHUNK_ROWS = 1_000_000
 METHODS = ("auto", "window", "index")
 
 
@@ -63,21 +67,26 @@ class AsOfOptions:
 
     columns: tuple[str, ...] | None = None  # feature_matrix columns; None = every one
     max_age: dt.timedelta = DEFAULT_MAX_AGE
-    method: str = "auto"  # 'window', 'index', or by the number of events
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    method: str = "auto"  # 'window', 'index', or 'auto': the faster one where it can run
+    chunk_rows: int | None = None  # events per round trip; None: from the number of columns
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise RetrievalError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.max_age < dt.timedelta(0):
             raise RetrievalError(f"max_age must not be negative, got {self.max_age}")
-        if self.chunk_rows < 1:
+        if self.chunk_rows is not None and self.chunk_rows < 1:
             raise RetrievalError("chunk_rows must be at least 1")
 
-    def method_for(self, events: int) -> str:
+    def rows_per_chunk(self, feature_columns: int) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        return max(1_000, min(MAX_CHUNK_ROWS, CHUNK_VALUES // (feature_columns + len(RESULT_COLUMNS) + 1)))
+
+    def method_for(self, distributed: bool) -> str:
         if self.method != "auto":
             return self.method
-        return "index" if events <= INDEX_METHOD_MAX_EVENTS else "window"
+        return "window" if distributed else "index"
 
 
 @dataclass
@@ -322,19 +331,17 @@ def as_of_batches(
         from tqdm import tqdm
 
         bar = tqdm(total=table.num_rows, unit="event", desc="bqx features", unit_scale=True)
-    compiled: dict[str, str] = {}
     with _connect(dsn) as conn, conn.cursor() as cursor:
         distributed = _is_distributed(cursor)
         if distributed and options.method == "index":
             raise RetrievalError("method 'index' needs a single server; on Citus use 'window' (or 'auto')")
+        method = options.method_for(distributed)
+        feature_names = _feature_names(cursor, options)
+        sql = _wrapped(as_of_sql(dsn, options, method, distributed=distributed), feature_names)
+        chunk_rows = options.rows_per_chunk(len(feature_names))
         with _session_schema(conn, cursor) if distributed else contextlib.nullcontext():
-            for start in range(0, max(table.num_rows, 1), options.chunk_rows):
-                chunk = table.slice(start, options.chunk_rows)
-                # on Citus always the merge: the index walk cannot run on the shards
-                method = "window" if distributed else options.method_for(chunk.num_rows)
-                if method not in compiled:
-                    sql = as_of_sql(dsn, options, method, distributed=distributed)
-                    compiled[method] = _wrapped(sql, _feature_names(cursor, options))
+            for start in range(0, max(table.num_rows, 1), chunk_rows):
+                chunk = table.slice(start, chunk_rows)
                 keys = pa.table(
                     {
                         "pair": chunk.column("pair"),
@@ -342,7 +349,7 @@ def as_of_batches(
                         ORDINAL: pa.array(range(chunk.num_rows), pa.int64()),
                     }
                 )
-                found = _retrieve_chunk(conn, cursor, keys, compiled[method], distributed)
+                found = _retrieve_chunk(conn, cursor, keys, sql, distributed)
                 joined = chunk
                 for name in found.column_names:
                     joined = joined.append_column(name, found.column(name))

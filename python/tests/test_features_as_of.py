@@ -15,7 +15,16 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from bqx.features import AsOfOptions, RetrievalError, as_of, as_of_sql, event_table
+from bqx.features import (
+    CHUNK_VALUES,
+    MAX_CHUNK_ROWS,
+    AsOfOptions,
+    RetrievalError,
+    as_of,
+    as_of_batches,
+    as_of_sql,
+    event_table,
+)
 from bqx.load import load_frame
 from conftest import FIXTURE_PAIRS, query_frame
 
@@ -119,6 +128,19 @@ def test_arrow_in_arrow_out_and_any_time_zone(wave1_dsn: str, fixture_features: 
     got = as_of(pa.Table.from_pandas(in_new_york), COLUMNS, MAX_AGE, dsn=wave1_dsn)
     assert isinstance(got, pa.Table)
     _assert_equal(got.to_pandas(), reference(events, fixture_features))
+
+
+def test_chunks_give_the_same_result_in_order(wave1_dsn: str, fixture_features: pd.DataFrame) -> None:
+    """Events retrieved in several round trips (each its own temporary table and query) come
+    back in the input's order, equal to the reference; the default chunk follows the columns."""
+    events = _events(fixture_features, seed=5)
+    options = AsOfOptions(columns=tuple(COLUMNS), max_age=MAX_AGE, chunk_rows=97)
+    batches = list(as_of_batches(events, options, dsn=wave1_dsn))
+    assert len(batches) == -(-len(events) // 97) and all(batch.num_rows <= 97 for batch in batches)
+    _assert_equal(pa.concat_tables(batches).to_pandas(), reference(events, fixture_features))
+    by_columns = AsOfOptions().rows_per_chunk
+    assert by_columns(0) == MAX_CHUNK_ROWS and by_columns(340) < by_columns(30) <= MAX_CHUNK_ROWS
+    assert by_columns(340) * 344 <= CHUNK_VALUES
 
 
 def test_default_columns_are_the_feature_matrix(wave1_dsn: str, fixture_features: pd.DataFrame) -> None:
