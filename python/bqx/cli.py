@@ -378,7 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="oldest bar still served, e.g. 90s, 5min, 2h (default %(default)s; inclusive)",
     )
     features.add_argument(
-        "--method", default="auto", choices=METHODS, help="how events find their bar (default: index on one server, window on Citus; measured in bench/bench_retrieval.py)"
+        "--method",
+        default="auto",
+        choices=METHODS,
+        help="how events find their bar (default: index on one server, window on Citus; measured in bench/bench_retrieval.py)",
     )
     features.add_argument(
         "--chunk-rows",

@@ -12,8 +12,8 @@ a temporary table (ADBC's bulk ingest), the dbt macro `features_as_of` (macros/r
 definition of the semantics, compiled once per set of arguments and cached) joins them with the
 feature tables, and the result comes back as Arrow (ADBC reads the binary COPY in C). Every other
 column of the events stays on the client and is put back beside its row, in the input's order.
-Events are processed in chunks (`chunk_rows`, by default from the column count) in their input order, so memory stays bounded
-and `write_as_of` streams to Parquet.
+Events are processed in chunks (`chunk_rows`, by default from the column count) in their input
+order, so memory stays bounded and `write_as_of` streams to Parquet.
 """
 
 from __future__ import annotations
@@ -44,10 +44,6 @@ EVENTS_TABLE = "bqx_as_of_events"  # the chunk's event keys (_events_relation)
 KEY_COLUMNS = ("pair", "event_time")
 RESULT_COLUMNS = ("feature_ts_utc", "feature_age", "feature_missing_reason")
 ORDINAL = "bqx_event_ordinal"  # the event's position in the input, sent with its keys
-# On one server the index method ('index') beats sorting the events with the bars of their range
-# ('window') at every count measured (bench/bench_retrieval.py, 28 pairs x 2 months, 34 columns:
-# 1,000 / 10,000 / 100,000 / 1,000,000 random events), so 'auto' picks it there; on Citus only the
-# merge runs on the shards, so 'auto' picks 'window' there.
 # Events per round trip, by default from the number of columns asked for: each chunk reads every
 # chosen feature table once (hash joins for many events), so fewer, larger chunks cost less (1,000,000
 # events with 34 columns: 70 s in chunks of 500,000, 54 s in one, measured on 28 pairs x 2 months),
@@ -84,6 +80,9 @@ class AsOfOptions:
         return max(1_000, min(MAX_CHUNK_ROWS, CHUNK_VALUES // (feature_columns + len(RESULT_COLUMNS) + 1)))
 
     def method_for(self, distributed: bool) -> str:
+        # On one server the index method beats sorting the events with the bars of their range
+        # ('window') at every count measured (bench/bench_retrieval.py, 28 pairs x 2 months, 34
+        # columns: 1,000 to 1,000,000 random events); on Citus only the merge runs on the shards.
         if self.method != "auto":
             return self.method
         return "window" if distributed else "index"
