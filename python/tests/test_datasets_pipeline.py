@@ -352,20 +352,27 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
         before = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
     first = ex.extract_pairs(dsn, before, catalog, tmp_path, progress=False)
     old = pq.read_table(first[0].path, columns=["ts_utc", "rate_mean_w15", "bqx_w15"]).to_pandas()
-    # one bar in the middle of the range, corrected
+    # a build that rewrote nothing keeps every fingerprint (a second `make demo` reuses the files)
+    dbt_runner(dsn, "run", "--select", "tag:wave1")
+    with ex.connect(dsn) as conn:
+        assert [s.fingerprint for s in ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)] == [s.fingerprint for s in before]
+    # one bar in the middle of the range, corrected: until a build consumes the change, the pair's
+    # features lag behind its bars and extracting it is an error saying so (the other pair is fine)
     middle = pd.Timestamp("2024-07-03 12:00", tz="UTC")
     corrected = bars[(bars["pair"] == "EURUSD") & (bars["ts_utc"] == middle)].copy()
     corrected[["open", "high", "low", "close"]] *= 1.002
     load_frame(dsn, corrected, "correction")
     with ex.connect(dsn) as conn:
-        changed = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
-    assert changed[0].fingerprint != before[0].fingerprint  # the bar itself changed
-    assert changed[1].fingerprint == before[1].fingerprint  # the other pair did not
-    dbt_runner(dsn, "run", "--select", "tag:wave1", "--vars", json.dumps({"recompute_from": middle.isoformat()}))
+        with pytest.raises(DatasetError, match=r"^EURUSD has bars changed since the last build \(1 change\(s\) in raw.m1_changes from 2024-07-03 12:00 UTC\): run `bqx build`"):
+            ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
+        assert ex.describe_pairs(conn, ["USDJPY"], None, None, models)[0].fingerprint == before[1].fingerprint
+    # the build consumes it through the change log (no recompute_from needed)
+    dbt_runner(dsn, "run", "--select", "tag:wave1")
     with ex.connect(dsn) as conn:
         rebuilt = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
     second = ex.extract_pairs(dsn, rebuilt, catalog, tmp_path, progress=False)
-    assert rebuilt[0].fingerprint != before[0].fingerprint
+    assert rebuilt[0].fingerprint != before[0].fingerprint  # rewritten from the corrected bar on
+    assert rebuilt[1].fingerprint == before[1].fingerprint  # the other pair's rows were not
     assert [e.reused for e in second] == [False, True]
     new = pq.read_table(second[0].path, columns=["ts_utc", "rate_mean_w15", "bqx_w15"]).to_pandas()
     at = new["ts_utc"] == middle

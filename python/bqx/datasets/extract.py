@@ -26,9 +26,10 @@ float32 rounding error stays below FLOAT32_TOLERANCE of the column's median bar-
 (its information is in those changes: a rate_index level ~100 moving 1e-3 per bar would lose
 it, a bqx value ~1e-4 would not). The decision is written beside the file (`_source.json`).
 
-Reuse: a pair is extracted again only when its source fingerprint (see `source_fingerprint`),
-the column list or the range changed; files appear complete or not at all (written aside,
-then renamed).
+Reuse: a pair is extracted again only when its source fingerprint (see `source_fingerprint`:
+the build state of each relation read, from the change log's bookkeeping), the column list or
+the range changed; files appear complete or not at all (written aside, then renamed). Bars
+changed since the last build are an error (run `bqx build`), not a silently stale extraction.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def where(dsn: str) -> str:
 
 def require_models(conn: psycopg.Connection, models: Sequence[str], dsn: str) -> None:
     """The relations the builder reads exist; else say to run `bqx build`."""
-    wanted = ["raw.m1_bars", "staging.baseline_rates", *FEATURE_RELATIONS, "marts.feature_matrix", *(f"features.{m}" for m in models)]
+    wanted = [
+        "raw.m1_bars", "raw.m1_changes", "build_state.model_pairs", "staging.baseline_rates", *FEATURE_RELATIONS,
+        "marts.feature_matrix", *(f"features.{m}" for m in models),
+    ]  # fmt: skip
     missing = [name for name in wanted if conn.execute("select to_regclass(%s)", (name,)).fetchone()[0] is None]
     if "raw.m1_bars" in missing:
         raise DatasetError(f"the database {where(dsn)} holds no bars (raw.m1_bars): load them with `bqx load`, then `bqx build`")
@@ -131,37 +135,65 @@ def pairs_with_bars(conn: psycopg.Connection, candidates: Sequence[str]) -> list
     return [pair for pair in candidates if pair in held]
 
 
-def source_fingerprint(conn: psycopg.Connection, pair: str, end_ts: dt.datetime, models: Sequence[str], first_ts: dt.datetime) -> str:
-    """A checksum of everything a pair's extraction depends on, cheap to compute.
-
-    Until the operations work adds a change log to `raw`, it covers:
-    - every raw bar of the pair up to the end of the range (features depend on all history:
-      recursive smoothers are seeded at the first bar): count and an order-free sum of a 64-bit
-      hash of each bar's values (one pass over the narrow bars table, no feature column read);
-      a corrected bar anywhere, the middle of the range included, changes it;
-    - the built state of every relation read: first and last minute in the range (index
-      lookups) and the storage identity (relfilenode: a full refresh makes a new one);
-    - the feature_matrix view's definition (its column list).
-    It does not prove that the features were rebuilt after a correction (no change log yet):
-    run `bqx build --vars '{"recompute_from": ...}'` after correcting bars, as the README says;
-    the validation step then compares the rebuilt features against a fresh truncated build.
-    """
-    digest = hashlib.sha256()
-    bars = conn.execute(
-        "select count(*), coalesce(sum(hashtextextended(concat_ws('|', extract(epoch from ts_utc), open, high, low, close,"
-        " volume, spread), 0)::numeric), 0)::text from raw.m1_bars where pair = %s and ts_utc < %s",
-        (pair, end_ts),
+def pending_changes(conn: psycopg.Connection, pair: str) -> tuple[int, dt.datetime | None]:
+    """Rows of the change log (raw.m1_changes) of the pair that some model has not consumed yet:
+    bars loaded, corrected or deleted since the last build, whose features are not built."""
+    return conn.execute(
+        """
+        select count(*), min(changes.first_ts)
+        from raw.m1_changes as changes
+        where (changes.pair = %(pair)s or changes.pair is null)
+          and exists (
+              select from build_state.model_pairs as state
+              where state.pair = %(pair)s
+                and not pg_visible_in_snapshot(changes.xid, state.consumed_snapshot)
+          )
+        """,
+        {"pair": pair},
     ).fetchone()
-    digest.update(f"bars {bars[0]} {bars[1]}\n".encode())
+
+
+def source_fingerprint(conn: psycopg.Connection, pair: str, end_ts: dt.datetime, models: Sequence[str], first_ts: dt.datetime) -> str:
+    """What a pair's extraction depends on, from the build state (index lookups and small tables,
+    no scan of bars or features).
+
+    The pair's features must be built from every bar the database holds: a change of the change
+    log (raw.m1_changes: any write to raw.m1_bars, by `bqx load` or by hand) that a model has not
+    consumed yet is an error saying to run `bqx build` (extracting then would write features that
+    lag behind their bars). Given that, the rows a model holds for the pair change only when a
+    build rewrites some of them, and every such build records itself in build_state.model_pairs
+    (invocation, time and range rewritten; a build that rewrote nothing leaves the row as it was,
+    so a no-op `bqx build` keeps the fingerprint). The fingerprint covers, per relation read:
+    - that record (or its absence), the vars the model was built with, and the storage identity
+      (relfilenode: a full refresh makes a new one);
+    - the first and last minute in the range (index lookups);
+    and the pair's baseline and the feature_matrix view's definition (its column list).
+    Conservative: a build that rewrote only minutes after the range changes it too.
+    """
+    pending, first_pending = pending_changes(conn, pair)
+    if pending:
+        raise DatasetError(
+            f"{pair} has bars changed since the last build ({pending} change(s) in raw.m1_changes from "
+            f"{first_pending.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC): run `bqx build` first, so its features cover them"
+        )
+    digest = hashlib.sha256()
+    baseline = conn.execute("select baseline_ts, baseline_rate from staging.baseline_rates where pair = %s", (pair,)).fetchone()
+    digest.update(f"baseline {baseline}\n".encode())
     for relation in [*FEATURE_RELATIONS, *(f"features.{m}" for m in models)]:
+        model = relation.split(".", 1)[1]
         state = conn.execute(
             f"select min(ts_utc), max(ts_utc), pg_relation_filenode(%s) from {relation} where pair = %s and ts_utc >= %s and ts_utc < %s",
             (relation, pair, first_ts, end_ts),
         ).fetchone()
-        # staging tables are re-created by every dbt run (a new relfilenode each time) and hold
-        # what the raw checksum covers: only the incremental models' storage identity counts
-        identity = "" if relation.startswith("staging.") else state[2]
-        digest.update(f"{relation} {state[0]} {state[1]} {identity}\n".encode())
+        built = conn.execute(
+            # as text: a full build rewrote from -infinity, which Python's datetime cannot hold
+            "select concat_ws('|', state.invocation_id, state.built_at, state.rewrote_from_ts, state.rewrote_to_ts,"
+            " state.last_built_ts, state.rows_written, vars.vars)"
+            " from build_state.model_pairs as state left join build_state.model_vars as vars on vars.model = state.model"
+            " where state.model = %s and state.pair = %s",
+            (model, pair),
+        ).fetchone()
+        digest.update(f"{relation} {state[0]} {state[1]} {state[2]} {built}\n".encode())
     view = conn.execute("select md5(pg_get_viewdef('marts.feature_matrix'::regclass))").fetchone()[0]
     digest.update(f"view {view}\n".encode())
     return digest.hexdigest()
