@@ -350,6 +350,8 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
     models = sorted({f.model for f in catalog.features})
     with ex.connect(dsn) as conn:
         before = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
+        conn.execute("set time zone 'America/New_York'")  # the session's zone does not enter it
+        assert [s.fingerprint for s in ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)] == [s.fingerprint for s in before]
     first = ex.extract_pairs(dsn, before, catalog, tmp_path, progress=False)
     old = pq.read_table(first[0].path, columns=["ts_utc", "rate_mean_w15", "bqx_w15"]).to_pandas()
     # a build that rewrote nothing keeps every fingerprint (a second `make demo` reuses the files)

@@ -135,9 +135,10 @@ def pairs_with_bars(conn: psycopg.Connection, candidates: Sequence[str]) -> list
     return [pair for pair in candidates if pair in held]
 
 
-def pending_changes(conn: psycopg.Connection, pair: str) -> tuple[int, dt.datetime | None]:
-    """Rows of the change log (raw.m1_changes) of the pair that some model has not consumed yet:
-    bars loaded, corrected or deleted since the last build, whose features are not built."""
+def pending_changes(conn: psycopg.Connection, pair: str, models: Sequence[str]) -> tuple[int, dt.datetime | None]:
+    """Rows of the change log (raw.m1_changes) of the pair that one of `models` (the relations the
+    extraction reads; a model no longer in the project keeps its old state and is ignored) has not
+    consumed yet: bars loaded, corrected or deleted since the last build, whose features are not built."""
     return conn.execute(
         """
         select count(*), min(changes.first_ts)
@@ -145,11 +146,11 @@ def pending_changes(conn: psycopg.Connection, pair: str) -> tuple[int, dt.dateti
         where (changes.pair = %(pair)s or changes.pair is null)
           and exists (
               select from build_state.model_pairs as state
-              where state.pair = %(pair)s
+              where state.pair = %(pair)s and state.model = any(%(models)s)
                 and not pg_visible_in_snapshot(changes.xid, state.consumed_snapshot)
           )
         """,
-        {"pair": pair},
+        {"pair": pair, "models": list(models)},
     ).fetchone()
 
 
@@ -170,25 +171,30 @@ def source_fingerprint(conn: psycopg.Connection, pair: str, end_ts: dt.datetime,
     and the pair's baseline and the feature_matrix view's definition (its column list).
     Conservative: a build that rewrote only minutes after the range changes it too.
     """
-    pending, first_pending = pending_changes(conn, pair)
+    relations = [*FEATURE_RELATIONS, *(f"features.{m}" for m in models)]
+    pending, first_pending = pending_changes(conn, pair, [relation.split(".", 1)[1] for relation in relations])
     if pending:
         raise DatasetError(
             f"{pair} has bars changed since the last build ({pending} change(s) in raw.m1_changes from "
             f"{first_pending.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC): run `bqx build` first, so its features cover them"
         )
     digest = hashlib.sha256()
-    baseline = conn.execute("select baseline_ts, baseline_rate from staging.baseline_rates where pair = %s", (pair,)).fetchone()
+    baseline = conn.execute(
+        "select extract(epoch from baseline_ts), baseline_rate from staging.baseline_rates where pair = %s", (pair,)
+    ).fetchone()
     digest.update(f"baseline {baseline}\n".encode())
-    for relation in [*FEATURE_RELATIONS, *(f"features.{m}" for m in models)]:
+    for relation in relations:
         model = relation.split(".", 1)[1]
+        # instants as epoch seconds: the same text whatever the session's TimeZone (and a full
+        # build's rewrite from -infinity, which Python's datetime cannot hold, stays text)
         state = conn.execute(
-            f"select min(ts_utc), max(ts_utc), pg_relation_filenode(%s) from {relation} where pair = %s and ts_utc >= %s and ts_utc < %s",
+            f"select extract(epoch from min(ts_utc)), extract(epoch from max(ts_utc)), pg_relation_filenode(%s)"
+            f" from {relation} where pair = %s and ts_utc >= %s and ts_utc < %s",
             (relation, pair, first_ts, end_ts),
         ).fetchone()
         built = conn.execute(
-            # as text: a full build rewrote from -infinity, which Python's datetime cannot hold
-            "select concat_ws('|', state.invocation_id, state.built_at, state.rewrote_from_ts, state.rewrote_to_ts,"
-            " state.last_built_ts, state.rows_written, vars.vars)"
+            "select concat_ws('|', state.invocation_id, extract(epoch from state.built_at), extract(epoch from state.rewrote_from_ts),"
+            " extract(epoch from state.rewrote_to_ts), extract(epoch from state.last_built_ts), state.rows_written, vars.vars)"
             " from build_state.model_pairs as state left join build_state.model_vars as vars on vars.model = state.model"
             " where state.model = %s and state.pair = %s",
             (model, pair),
