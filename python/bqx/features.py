@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -221,7 +222,7 @@ def as_of_sql(
         message = next((line for line in done.stdout.splitlines() if "rror" in line), done.stdout.strip()[-300:])
         raise RetrievalError(f"cannot compile features_as_of: {message.strip()}")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial")
+    partial = cache.with_suffix(f".{os.getpid()}.partial")  # processes compiling the same call do not share it
     partial.write_text(compiled)
     partial.replace(cache)
     return compiled
