@@ -219,6 +219,11 @@ def test_existing_dataset_is_reused_not_rewritten(built: Built, wave1_dsn: str) 
     assert result.reused_dataset and result.reused_pairs == len(built.manifest["source"]["pairs"])
     assert before == {p: p.stat().st_mtime_ns for p in built.result.dataset_dir.rglob("*") if p.is_file()}
     assert (built.options.out / "datasets" / "latest").read_text().strip() == built.result.dataset_id
+    # the closing note says where the time went: every step of the first run, only the reuse path here
+    steps = ["describe", "extract", "validate", "split", "select", "write datasets", "baseline models", "manifest and report"]
+    assert list(built.result.step_seconds) == steps and all(s >= 0 for s in built.result.step_seconds.values())
+    assert list(result.step_seconds) == ["describe", "extract", "validate", "manifest and report"]
+    assert "wall time per step: describe " in pipeline.closing_note(built.result)
 
 
 def test_manifest_says_how_the_files_were_made(built: Built) -> None:

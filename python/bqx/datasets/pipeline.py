@@ -12,8 +12,9 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,21 @@ MIN_PART_ROWS = 100  # fewer rows in a part (pooled) and the split is not worth 
 VALIDATION_FILE = "_validation.json"
 
 
+@dataclass
+class StepClock:
+    """Wall seconds per step of one run, for the closing note (kept out of the manifest: the same
+    inputs must give the same files)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def lap(self, step: str) -> None:
+        """The time since the previous lap (or the start) is `step`'s."""
+        now = time.perf_counter()
+        self.seconds[step] = self.seconds.get(step, 0.0) + now - self.started
+        self.started = now
+
+
 @dataclass(frozen=True)
 class BuildResult:
     dataset_id: str
@@ -47,6 +63,7 @@ class BuildResult:
     reused_dataset: bool
     reused_pairs: int
     metrics: pd.DataFrame
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def catalog_hash(catalog: Any) -> str:
@@ -470,6 +487,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     # the code this process runs, hashed before anything else: the id must name the code that
     # writes the files, not files edited while a long run went on (a demo dataset once carried
     # the id of code edited mid-run and files written by the code loaded before the edit)
+    clock = StepClock()
     code_hash = ds.builder_code_hash(project_dir)
     builder_state = {"code_sha256": code_hash, **ds.git_state(project_dir), "libraries": ds.library_versions()}
     check_options(options)
@@ -506,11 +524,14 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
         sources = ex.describe_pairs(conn, pairs, options.start, options.end, models)
     _, end_ts = ex._bounds(options.start, options.end)
     _check_long_enough(sources, catalog.longest_warmup_bars, lg.longest(options.lags))
+    clock.lap("describe")
     extracts = ex.extract_pairs(dsn, sources, catalog, out, reuse=options.reuse, progress=options.progress)
+    clock.lap("extract")
     reused_pairs = sum(e.reused for e in extracts)
     _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
     digest = catalog_hash(catalog)
     validation = validated(dsn, extracts, catalog, options, end_ts, digest)
+    clock.lap("validate")
 
     identifier = ds.dataset_id(extracts, options.identity(), digest, code_hash, events.sha256 if events is not None else None)
     datasets_dir = out / "datasets"
@@ -523,15 +544,19 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
         if events is not None:
             _status(f"finding the bar of each of {events.table.num_rows:,} events (point-in-time retrieval)", options)
             located = ev.locate(dsn, events, options.event_max_age(), options.progress)
+            clock.lap("locate events")
         plan, rows, not_built = split_rows(extracts, catalog, options, events, located)
         candidates = lg.candidates(features, [f.matrix_column for f in catalog.features if f.laggable], options.lags)
+        clock.lap("split")
         _status(f"selecting {options.top_n} of {len(candidates)} candidates (forest on {options.selection_sample:,} training rows)", options)
         selection = run_selection(rows, [r.assignment.part for r in rows], candidates, targets, options)
+        clock.lap("select")
         datasets_dir.mkdir(parents=True, exist_ok=True)
         with temporary_path(root) as tmp:
             tmp.mkdir()
             event_schema = events.table.drop_columns(["pair"]).schema if events is not None else None
             counts, types, folds = _write_dataset(tmp, rows, plan, catalog, options, candidates, selection, event_schema)
+            clock.lap("write datasets")
             _status("fitting the baseline models", options)
             train_set, train_rows = training_set(tmp, selection.selected, targets, options.train_sample, options.seed, plan.longest_horizon)
             evaluation = tr.fit_and_score(
@@ -542,6 +567,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
                 options.seed,
                 options.progress,
             )
+            clock.lap("baseline models")
             events_record = _events_record(events, options, rows, not_built) if events is not None else None
             manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation, events_record)
             manifest["training"] = {
@@ -563,7 +589,8 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     validation_record = json.loads((root / "validation.json").read_text())
     ds.write_latest(datasets_dir, identifier)
     report = rp.write_report(out / "report", out / "selection", manifest, metrics, importances, predictions, validation_record)
-    return BuildResult(identifier, root, report, reused, reused_pairs, metrics)
+    clock.lap("manifest and report")
+    return BuildResult(identifier, root, report, reused, reused_pairs, metrics, clock.seconds)
 
 
 def closing_note(result: BuildResult) -> str:
@@ -576,6 +603,7 @@ def closing_note(result: BuildResult) -> str:
         "  model     " + " ".join(f"{c.replace('target_bqx_', ''):>9}" for c in table.columns),
         *[f"  {model:<9} " + " ".join(f"{v:>9.5f}" for v in table.loc[model]) for model in table.index],
         f"peak memory of the builder: {_peak_rss_mib():,.0f} MiB",
+        "wall time per step: " + ", ".join(f"{step} {seconds:,.1f} s" for step, seconds in result.step_seconds.items()),
         f"report: {result.report}",
         f"  e.g. the R² heat-map (pairs × horizons): {result.report.parent / 'r2_heatmap.png'}",
     ]
