@@ -373,9 +373,14 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
         with pytest.raises(DatasetError, match=r"^EURUSD has bars changed since the last build \(1 change\(s\) in raw.m1_changes from 2024-07-03 12:00 UTC\): run `bqx build`"):
             ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
         assert ex.describe_pairs(conn, ["USDJPY"], None, None, models)[0].fingerprint == before[1].fingerprint
-    # the build consumes it through the change log (no recompute_from needed)
+    # the build consumes it through the change log (no recompute_from needed); a model no longer
+    # in the project (its build_state row left behind, its snapshot before every change) never
+    # consumes it again and must not hold the extraction up
     dbt_runner(dsn, "run", "--select", "tag:wave1")
     with ex.connect(dsn) as conn:
+        conn.execute(
+            "insert into build_state.model_pairs (model, pair, consumed_snapshot) values ('retired_model', 'EURUSD', '1:1:')"
+        )
         rebuilt = ex.describe_pairs(conn, ["EURUSD", "USDJPY"], None, None, models)
     second = ex.extract_pairs(dsn, rebuilt, catalog, tmp_path, progress=False)
     assert rebuilt[0].fingerprint != before[0].fingerprint  # rewritten from the corrected bar on

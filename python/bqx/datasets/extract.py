@@ -172,7 +172,8 @@ def source_fingerprint(conn: psycopg.Connection, pair: str, end_ts: dt.datetime,
     Conservative: a build that rewrote only minutes after the range changes it too.
     """
     relations = [*FEATURE_RELATIONS, *(f"features.{m}" for m in models)]
-    pending, first_pending = pending_changes(conn, pair, [relation.split(".", 1)[1] for relation in relations])
+    model_names = [relation.split(".", 1)[1] for relation in relations]  # build_state names a model without its schema
+    pending, first_pending = pending_changes(conn, pair, model_names)
     if pending:
         raise DatasetError(
             f"{pair} has bars changed since the last build ({pending} change(s) in raw.m1_changes from "
@@ -183,22 +184,26 @@ def source_fingerprint(conn: psycopg.Connection, pair: str, end_ts: dt.datetime,
         "select extract(epoch from baseline_ts), baseline_rate from staging.baseline_rates where pair = %s", (pair,)
     ).fetchone()
     digest.update(f"baseline {baseline}\n".encode())
-    for relation in relations:
-        model = relation.split(".", 1)[1]
-        # instants as epoch seconds: the same text whatever the session's TimeZone (and a full
-        # build's rewrite from -infinity, which Python's datetime cannot hold, stays text)
+    # instants as epoch seconds: the same text whatever the session's TimeZone (and a full build's
+    # rewrite from -infinity, which Python's datetime cannot hold, stays text); every model's
+    # record of the pair in one query
+    records = dict(
+        conn.execute(
+            "select state.model, concat_ws('|', state.invocation_id, extract(epoch from state.built_at),"
+            " extract(epoch from state.rewrote_from_ts), extract(epoch from state.rewrote_to_ts),"
+            " extract(epoch from state.last_built_ts), state.rows_written, vars.vars)"
+            " from build_state.model_pairs as state left join build_state.model_vars as vars on vars.model = state.model"
+            " where state.pair = %s and state.model = any(%s)",
+            (pair, model_names),
+        ).fetchall()
+    )
+    for relation, model in zip(relations, model_names, strict=True):
         state = conn.execute(
             f"select extract(epoch from min(ts_utc)), extract(epoch from max(ts_utc)), pg_relation_filenode(%s)"
             f" from {relation} where pair = %s and ts_utc >= %s and ts_utc < %s",
             (relation, pair, first_ts, end_ts),
         ).fetchone()
-        built = conn.execute(
-            "select concat_ws('|', state.invocation_id, extract(epoch from state.built_at), extract(epoch from state.rewrote_from_ts),"
-            " extract(epoch from state.rewrote_to_ts), extract(epoch from state.last_built_ts), state.rows_written, vars.vars)"
-            " from build_state.model_pairs as state left join build_state.model_vars as vars on vars.model = state.model"
-            " where state.model = %s and state.pair = %s",
-            (model, pair),
-        ).fetchone()
+        built = (records[model],) if model in records else None  # the text the per-model lookup gave
         digest.update(f"{relation} {state[0]} {state[1]} {state[2]} {built}\n".encode())
     view = conn.execute("select md5(pg_get_viewdef('marts.feature_matrix'::regclass))").fetchone()[0]
     digest.update(f"view {view}\n".encode())
