@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the same as JSON, for machines")
     status.set_defaults(func=cmd_status)
 
-    from bqx.features import CHUNK_VALUES, DEFAULT_MAX_AGE, MAX_CHUNK_ROWS, METHODS
+    from bqx.features import CHUNK_VALUES, DEFAULT_MAX_AGE, MAX_CHUNK_ROWS, METHODS, MIRROR_MIN_EVENTS
 
     features = sub.add_parser(
         "features",
@@ -381,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default="auto",
         choices=METHODS,
-        help="how events find their bar (default: index on one server, window on Citus; measured in bench/bench_retrieval.py)",
+        help="how events find their bar: index (SQL, index probes), window (SQL, a merge per pair), mirror (a columnar "
+        "copy of the chosen columns in .bqx/cache/mirror, checked against the build state and read again where stale), "
+        f"auto (default: mirror from {MIRROR_MIN_EVENTS:,} events on one server, index below; window on Citus; "
+        "measured in bench/bench_retrieval.py)",
     )
     features.add_argument(
         "--chunk-rows",

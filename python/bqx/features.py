@@ -14,6 +14,12 @@ feature tables, and the result comes back as Arrow (ADBC reads the binary COPY i
 column of the events stays on the client and is put back beside its row, in the input's order.
 Events are processed in chunks (`chunk_rows`, by default from the column count) in their input
 order, so memory stays bounded and `write_as_of` streams to Parquet.
+
+For many events on one server (`auto` from MIRROR_MIN_EVENTS; `method='mirror'` anywhere) the
+events do not go to the server at all: the same semantics are applied in NumPy to a columnar copy
+of the chosen columns that is checked against the build state first and read again where it is
+stale (bqx.feature_mirror: why, and what it does not see). The tests hold it equal to the macro's
+result, bit for bit.
 """
 
 from __future__ import annotations
@@ -51,7 +57,11 @@ ORDINAL = "bqx_event_ordinal"  # the event's position in the input, sent with it
 # while the values of a chunk are held in memory at once (40M float8 values: ~320 MB).
 CHUNK_VALUES = 40_000_000
 MAX_CHUNK_ROWS = 1_000_000
-METHODS = ("auto", "window", "index")
+METHODS = ("auto", "window", "index", "mirror")
+# From this many events on, `auto` answers from the columnar mirror (bqx.feature_mirror) on one
+# server: below it, the index probes' cost is small while a mirror not yet filled costs a read
+# of every chosen model's rows of the events' pairs (measured: bench/bench_retrieval.py)
+MIRROR_MIN_EVENTS = 100_000
 
 
 class RetrievalError(ValueError):
@@ -64,8 +74,9 @@ class AsOfOptions:
 
     columns: tuple[str, ...] | None = None  # feature_matrix columns; None = every one
     max_age: dt.timedelta = DEFAULT_MAX_AGE
-    method: str = "auto"  # 'window', 'index', or 'auto': the faster one where it can run
+    method: str = "auto"  # 'window', 'index', 'mirror', or 'auto': the faster one where it can run
     chunk_rows: int | None = None  # events per round trip; None: from the number of columns
+    mirror_dir: Path | None = None  # the columnar mirror's folder; None: .bqx/cache/mirror in the project
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,13 +91,16 @@ class AsOfOptions:
             return self.chunk_rows
         return max(1_000, min(MAX_CHUNK_ROWS, CHUNK_VALUES // (feature_columns + len(RESULT_COLUMNS) + 1)))
 
-    def method_for(self, distributed: bool) -> str:
+    def method_for(self, distributed: bool, events: int) -> str:
         # On one server the index method beats sorting the events with the bars of their range
         # ('window') at every count measured (bench/bench_retrieval.py, 28 pairs x 2 months, 34
-        # columns: 1,000 to 1,000,000 random events); on Citus only the merge runs on the shards.
+        # columns: 1,000 to 1,000,000 random events), and the mirror beats both for many events;
+        # on Citus only the merge runs on the shards (the mirror is there for the asking).
         if self.method != "auto":
             return self.method
-        return "window" if distributed else "index"
+        if distributed:
+            return "window"
+        return "mirror" if events >= MIRROR_MIN_EVENTS else "index"
 
 
 @dataclass
@@ -335,10 +349,17 @@ def as_of_batches(
         distributed = _is_distributed(cursor)
         if distributed and options.method == "index":
             raise RetrievalError("method 'index' needs a single server; on Citus use 'window' (or 'auto')")
-        method = options.method_for(distributed)
+        method = options.method_for(distributed, table.num_rows)
         feature_names = _feature_names(cursor, options)
-        sql = _wrapped(as_of_sql(dsn, options, method, distributed=distributed), feature_names)
         chunk_rows = options.rows_per_chunk(len(feature_names))
+        if method == "mirror" and table.num_rows:
+            yield from _mirror_batches(conn, cursor, table, feature_names, options, dsn, chunk_rows, bar)
+            if bar is not None:
+                bar.close()
+            return
+        if method == "mirror":  # no events: no pair to read; the SQL gives the empty result's types
+            method = "index" if not distributed else "window"
+        sql = _wrapped(as_of_sql(dsn, options, method, distributed=distributed), feature_names)
         with _session_schema(conn, cursor) if distributed else contextlib.nullcontext():
             for start in range(0, max(table.num_rows, 1), chunk_rows):
                 chunk = table.slice(start, chunk_rows)
@@ -369,6 +390,91 @@ def _feature_names(cursor: Any, options: AsOfOptions) -> list[str]:
     return [column.matrix_column for column in feature_catalog().features]
 
 
+def _mirror_plan(
+    cursor: Any, pairs: Sequence[str], feature_names: Sequence[str], options: AsOfOptions, dsn: str, progress: bool
+) -> Any:
+    """Bring the mirror files the retrieval needs up to date (bqx.feature_mirror: stamps read in
+    one query, stale files read again, all in one repeatable-read snapshot) and say what to read."""
+    from bqx import feature_mirror as mirror
+    from bqx.catalog import feature_catalog
+    from bqx.server import dsn_parts
+
+    catalog = feature_catalog()
+    by_name = catalog.by_matrix_column()
+    unknown = [name for name in feature_names if name not in by_name]
+    if unknown:
+        raise RetrievalError(f"'{unknown[0]}' is not a column of feature_matrix")
+    models = list(catalog.by_model())
+    feature_relations = tuple(f"features.{model}" for model in models)
+    chosen: dict[str, list[tuple[str, str]]] = {}
+    for name in feature_names:
+        chosen.setdefault(f"features.{by_name[name].model}", []).append((by_name[name].column, name))
+    parts = dsn_parts(dsn)
+    root = options.mirror_dir or PROJECT_DIR / ".bqx" / "cache" / "mirror"
+    folder = mirror.database_folder(root, cursor, f"{parts.get('host', '')}|{parts.get('port', '')}|{parts.get('dbname', '')}")
+    relations = [mirror.M1_INDEX, *((relation, relation.split(".", 1)[1]) for relation in feature_relations)]
+    needed = [relation for relation, _ in relations] + ["build_state.model_pairs", "build_state.model_vars"]
+    cursor.execute(
+        "select name from unnest(array[" + ", ".join(f"'{name}'" for name in needed) + "]) as needed (name) "
+        "where to_regclass(name) is null union all "
+        "select 'bqx_functions.pair_last_ts' where to_regprocedure('bqx_functions.pair_last_ts(regclass, text, timestamptz)') is null"
+    )
+    missing = [row[0] for row in cursor.fetchall()]
+    if missing:
+        raise RetrievalError(f"the database lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: run `bqx build` first")
+    states = mirror.read_states(cursor, pairs, relations)
+    stale = []
+    for pair in pairs:
+        for relation, columns in [(mirror.M1_INDEX[0], []), *chosen.items()]:
+            wanted = mirror.columns_to_read(folder, pair, relation, [column for column, _ in columns], states[(pair, relation)])
+            if wanted is not None:
+                stale.append((pair, relation, wanted))
+    bar = None
+    if progress and stale:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(stale), unit="file", desc="bqx features: reading the mirror's stale files")
+    for pair, relation, wanted in stale:
+        mirror.refresh(cursor, folder, pair, relation, wanted, states[(pair, relation)])
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    return mirror.MirrorPlan(
+        folder=folder,
+        states=states,
+        relations=tuple((relation, tuple(columns)) for relation, columns in chosen.items()),
+        feature_relations=feature_relations,
+        names=tuple(feature_names),
+    )
+
+
+def _mirror_batches(
+    conn: Any, cursor: Any, table: pa.Table, feature_names: Sequence[str], options: AsOfOptions, dsn: str, chunk_rows: int, bar: Any
+) -> Iterator[pa.Table]:
+    from bqx import feature_mirror as mirror
+
+    # the stamps and the rows read for stale files in one snapshot: a file's stamp always
+    # belongs to its rows, whatever a concurrent build commits meanwhile
+    conn.commit()
+    cursor.execute("set transaction isolation level repeatable read")
+    pairs = sorted(pc.unique(table.column("pair")).to_pylist())
+    try:
+        plan = _mirror_plan(cursor, pairs, feature_names, options, dsn, progress=bar is not None)
+    finally:
+        conn.rollback()  # it only read
+    max_age_us = int(options.max_age / dt.timedelta(microseconds=1))
+    for start in range(0, table.num_rows, chunk_rows):
+        chunk = table.slice(start, chunk_rows)
+        found = mirror.join_chunk(chunk, plan, max_age_us)
+        joined = chunk
+        for name in found.column_names:
+            joined = joined.append_column(name, found.column(name))
+        if bar is not None:
+            bar.update(chunk.num_rows)
+        yield joined
+
+
 def as_of(
     events: pd.DataFrame | pa.Table,
     columns: Sequence[str] | None = None,
@@ -376,11 +482,14 @@ def as_of(
     *,
     dsn: str | None = None,
     method: str = "auto",
+    mirror_dir: Path | None = None,
 ) -> pd.DataFrame | pa.Table:
     """The events (a DataFrame or Arrow table with pair and a time-zone-aware event_time, other
     columns kept) joined with the features known at each event, in the input's order; returns
-    the same kind of frame it was given."""
-    options = AsOfOptions(columns=tuple(columns) if columns is not None else None, max_age=max_age, method=method)
+    the same kind of frame it was given. `method` and `mirror_dir`: see AsOfOptions."""
+    options = AsOfOptions(
+        columns=tuple(columns) if columns is not None else None, max_age=max_age, method=method, mirror_dir=mirror_dir
+    )
     pieces = list(as_of_batches(events, options, dsn=dsn))
     result = pa.concat_tables(pieces) if pieces else pa.table({})
     if isinstance(events, pa.Table):

@@ -126,7 +126,7 @@ def test_the_wave1_build_on_citus_equals_postgresql_bit_for_bit(
     dbt_runner(citus, "test", "--select", "tag:wave1")
 
 
-def test_point_in_time_retrieval_on_citus_equals_postgresql(databases: tuple[str, str]) -> None:
+def test_point_in_time_retrieval_on_citus_equals_postgresql(databases: tuple[str, str], tmp_path: Path) -> None:
     citus, plain = databases
     rng = np.random.default_rng(13)
     count = 2000
@@ -147,6 +147,10 @@ def test_point_in_time_retrieval_on_citus_equals_postgresql(databases: tuple[str
     for method in ("window", "index"):
         on_plain = as_of(events, dsn=plain, method=method)
         pd.testing.assert_frame_equal(on_citus, on_plain, check_exact=True)
+    # the columnar mirror, filled from the distributed tables (per-pair router queries), then read
+    for _ in range(2):
+        mirrored = as_of(events, dsn=citus, method="mirror", mirror_dir=tmp_path / "mirror")
+        pd.testing.assert_frame_equal(on_citus, mirrored, check_exact=True)
     with pytest.raises(RetrievalError, match="single server"):
         as_of(events, dsn=citus, method="index")
     # the session's events schema is gone, whether the retrieval ended or failed

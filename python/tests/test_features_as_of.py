@@ -25,6 +25,7 @@ from bqx.features import (
     as_of_sql,
     event_table,
 )
+from bqx.features import MIRROR_MIN_EVENTS
 from bqx.load import load_frame
 from conftest import FIXTURE_PAIRS, query_frame
 
@@ -111,10 +112,10 @@ def fixture_features(wave1_dsn: str) -> pd.DataFrame:
     return _bars(wave1_dsn)
 
 
-@pytest.mark.parametrize("method", ["window", "index"])
-def test_as_of_equals_merge_asof(wave1_dsn: str, fixture_features: pd.DataFrame, method: str) -> None:
+@pytest.mark.parametrize("method", ["window", "index", "mirror"])
+def test_as_of_equals_merge_asof(wave1_dsn: str, fixture_features: pd.DataFrame, method: str, tmp_path: Path) -> None:
     events = _events(fixture_features)
-    got = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method=method)
+    got = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method=method, mirror_dir=tmp_path / "mirror")
     expected = reference(events, fixture_features)
     _assert_equal(got, expected)
     reasons = set(got["feature_missing_reason"].dropna())
@@ -267,3 +268,65 @@ def test_bqx_features_writes_the_joined_events(tmp_path: Path, wave1_dsn: str, f
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "EURXXX" in done.stderr
     assert not bad_out.exists() and not list(tmp_path.glob(".bad.parquet*"))
+
+
+def _mirror_and_sql(dsn: str, events: pd.DataFrame, mirror_dir: Path, columns: list[str] | None = COLUMNS) -> tuple[pa.Table, pa.Table]:
+    arrow_events = pa.Table.from_pandas(events, preserve_index=False)
+    mirrored = as_of(arrow_events, columns, MAX_AGE, dsn=dsn, method="mirror", mirror_dir=mirror_dir)
+    probed = as_of(arrow_events, columns, MAX_AGE, dsn=dsn, method="index")
+    return mirrored, probed
+
+
+def test_mirror_gives_the_sql_result_bit_for_bit(wave1_dsn: str, fixture_features: pd.DataFrame, tmp_path: Path) -> None:
+    """The columnar mirror answers with the same Arrow table as the macro (types, NULLs, values,
+    order), for every feature column (booleans and integers too), twice: filling it, then from it;
+    asking for more columns later widens a file without losing the ones it held; its folder is
+    the user's own."""
+    events = _events(fixture_features, seed=13)
+    mirrored, probed = _mirror_and_sql(wave1_dsn, events, tmp_path / "mirror", columns=None)
+    assert mirrored.schema == probed.schema and mirrored.equals(probed)
+    again, _ = _mirror_and_sql(wave1_dsn, events, tmp_path / "mirror", columns=None)
+    assert again.equals(probed)
+    narrow_dir = tmp_path / "narrow"
+    first, _ = _mirror_and_sql(wave1_dsn, events, narrow_dir, columns=COLUMNS[:2])
+    wider, probed_wider = _mirror_and_sql(wave1_dsn, events, narrow_dir, columns=COLUMNS)
+    assert wider.equals(probed_wider) and first.select(COLUMNS[:2]).equals(wider.select(COLUMNS[:2]))
+    folders = [narrow_dir, *narrow_dir.iterdir()]
+    assert all(folder.stat().st_mode & 0o777 == 0o700 for folder in folders)
+    with pytest.raises(RetrievalError, match="'no_such_feature' is not a column of feature_matrix"):
+        as_of(events, ["no_such_feature"], dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+    assert AsOfOptions().method_for(False, MIRROR_MIN_EVENTS) == "mirror"
+    assert AsOfOptions().method_for(False, MIRROR_MIN_EVENTS - 1) == "index"
+    assert AsOfOptions().method_for(True, 10 * MIRROR_MIN_EVENTS) == "window"
+
+
+def test_mirror_follows_corrections_and_deletions(
+    moved_dsn: str, dbt_runner: Callable[..., None], fixture_bars: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The mirror is never stale: after a corrected bar is loaded and built, and after a model's
+    last rows are deleted by hand (not_built), it answers what the tables hold, as the SQL does.
+    Runs last in this file: it changes moved_dsn's bars."""
+    mirror_dir = tmp_path / "mirror"
+    features = _bars(moved_dsn)
+    corrected_at = pd.Timestamp("2024-07-03 12:00", tz="UTC")
+    after_it = pd.DataFrame({"pair": "EURUSD", "event_time": corrected_at + MINUTE * np.arange(1, 61), "label": "after"})
+    events = pd.concat([_events(features, seed=17), after_it], ignore_index=True)
+    before, probed = _mirror_and_sql(moved_dsn, events, mirror_dir)
+    assert before.equals(probed)
+
+    corrected = fixture_bars[(fixture_bars["pair"] == "EURUSD") & (fixture_bars["ts_utc"] == corrected_at)].copy()
+    corrected[["open", "high", "low", "close"]] *= 1.03
+    load_frame(moved_dsn, corrected, "correction")
+    dbt_runner(moved_dsn, "run", "--select", "tag:wave1")
+    after, probed = _mirror_and_sql(moved_dsn, events, mirror_dir)
+    assert after.equals(probed)
+    for column in ("bqx_w15", "bqx_reg_a_w60"):
+        old, new = (table.column(column).to_numpy(zero_copy_only=False) for table in (before, after))
+        assert not np.array_equal(old, new, equal_nan=True), f"the correction reached {column}"
+
+    eurusd = features[features["pair"] == "EURUSD"]
+    with psycopg.connect(moved_dsn) as conn:
+        conn.execute("delete from features.volume_features where pair = 'EURUSD' and ts_utc > %s", (eurusd["ts_utc"].iloc[-100],))
+    deleted, probed = _mirror_and_sql(moved_dsn, events, mirror_dir)
+    assert deleted.equals(probed)
+    assert "not_built" in deleted.column("feature_missing_reason").to_pylist()

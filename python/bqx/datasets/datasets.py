@@ -38,7 +38,7 @@ from bqx.project import PROJECT_DIR
 ID_LENGTH = 16
 LIBRARIES = ("numpy", "pyarrow", "scikit-learn", "pandas", "adbc-driver-postgresql", "matplotlib")
 # the builder's code, and the retrieval that finds the events' bars (--events)
-BUILDER_FILES = ("python/build_datasets.py", "python/bqx/datasets", "python/bqx/catalog.py", "python/bqx/features.py", "macros/retrieval")
+BUILDER_FILES = ("python/build_datasets.py", "python/bqx/datasets", "python/bqx/catalog.py", "python/bqx/features.py", "python/bqx/feature_mirror.py", "macros/retrieval")
 
 
 def library_versions() -> dict[str, str]:

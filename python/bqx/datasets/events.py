@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from bqx.datasets.options import DatasetError
 from bqx.datasets.split import MINUTE_US, PairKeys
+from bqx.feature_mirror import epoch_us
 from bqx.pairs import PAIRS
 
 KEYS = ("pair", "event_time")
@@ -201,10 +202,6 @@ class PairEvents:
     dropped: dict[str, int]
 
 
-def _us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64()).to_numpy(zero_copy_only=False)
-
-
 def pair_events(events: EventsFile, located: pa.Table, pairs: Sequence[str], keys: Sequence[PairKeys], usable: Sequence[np.ndarray]) -> tuple[list[PairEvents], dict[str, int]]:
     """Each built pair's events with their bar's row in the extraction; the others counted by
     the reason they have no row. Returns the pairs' events and the counts of events of pairs
@@ -212,8 +209,8 @@ def pair_events(events: EventsFile, located: pa.Table, pairs: Sequence[str], key
     pair_of = events.table.column("pair").to_numpy(zero_copy_only=False)
     reason = located.column("feature_missing_reason").to_numpy(zero_copy_only=False)
     found = pc.cast(located.column("feature_ts_utc"), pa.timestamp("us", tz="UTC"))
-    bar_us = np.where(pc.is_null(found).to_numpy(zero_copy_only=False), -1, _us(pc.fill_null(found, pa.scalar(0, pa.timestamp("us", tz="UTC")))))
-    event_us = _us(events.table.column("event_time"))
+    bar_us = np.where(pc.is_null(found).to_numpy(zero_copy_only=False), -1, epoch_us(pc.fill_null(found, pa.scalar(0, pa.timestamp("us", tz="UTC")))))
+    event_us = epoch_us(events.table.column("event_time"))
     result = []
     for pair, key, mask in zip(pairs, keys, usable):
         rows = np.flatnonzero(pair_of == pair)
