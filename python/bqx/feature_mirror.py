@@ -96,9 +96,10 @@ def database_folder(root: Path, cursor: Any, dsn_key: str) -> Path:
     name, oid = cursor.fetchone()
     digest = hashlib.sha256(f"{dsn_key}|{name}|{oid}|{FORMAT}".encode()).hexdigest()[:20]
     folder = root / f"db-{digest}"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     for path in (root, folder):
-        os.chmod(path, 0o700)
+        if not path.is_dir():  # created for the user alone; a folder that exists is left as it is
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(path, 0o700)
     return folder
 
 
@@ -184,10 +185,19 @@ def refresh(cursor: Any, folder: Path, pair: str, relation: str, wanted: Sequenc
         raise
 
 
-def read_mirror(folder: Path, relation: str, pair: str, columns: Sequence[str]) -> pa.Table:
-    """ts_utc and `columns` of a mirror file, memory-mapped (the pages are read as they are used)."""
+class MirrorChanged(Exception):
+    """A mirror file was replaced (by another retrieval, after a newer build) since its stamp was
+    read: the retrieval reads the stamps again, so that one snapshot answers each chunk."""
+
+
+def read_mirror(folder: Path, relation: str, pair: str, columns: Sequence[str], stamp: str) -> pa.Table:
+    """ts_utc and `columns` of a mirror file, memory-mapped (the pages are read as they are
+    used), if it still holds `stamp`."""
     # not closed here: the table's buffers keep the mapping alive and it goes with them
-    return pa.ipc.open_file(pa.memory_map(str(_file(folder, relation, pair)))).read_all().select(["ts_utc", *columns])
+    reader = pa.ipc.open_file(pa.memory_map(str(_file(folder, relation, pair))))
+    if (reader.schema.metadata or {}).get(STAMP_KEY, b"").decode() != stamp:
+        raise MirrorChanged(f"{relation} {pair}")
+    return reader.read_all().select(["ts_utc", *columns])
 
 
 def epoch_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -276,7 +286,7 @@ def join_chunk(chunk: pa.Table, plan: MirrorPlan, max_age_us: int) -> pa.Table:
     values: dict[str, list[pa.Array]] = {name: [] for name in plan.names}
     ts_type = None
     for pair, rows in chunk_groups(chunk.column("pair")):
-        bars = read_mirror(plan.folder, M1_INDEX[0], pair, [])
+        bars = read_mirror(plan.folder, M1_INDEX[0], pair, [], plan.states[(pair, M1_INDEX[0])].stamp)
         ts_type = bars.schema.field("ts_utc").type
         edge = frontier(plan.states, pair, plan.feature_relations)
         # the pair's events in time order: every later gather then walks the files forwards
@@ -288,7 +298,7 @@ def join_chunk(chunk: pa.Table, plan: MirrorPlan, max_age_us: int) -> pa.Table:
         age_parts.append(pa.array(located.age_us, pa.int64(), mask=~located.has_bar).cast(pa.duration("us")))
         reason_parts.append(pa.array(located.reason, pa.string()))
         for relation, columns in plan.relations:
-            table = read_mirror(plan.folder, relation, pair, [column for column, _ in columns])
+            table = read_mirror(plan.folder, relation, pair, [column for column, _ in columns], plan.states[(pair, relation)].stamp)
             positions = row_positions(epoch_us(table.column("ts_utc")), located.source_ts_us, kept, bars_us, located.bar_position)
             taken = table.take(positions)
             for column, name in columns:

@@ -62,6 +62,7 @@ METHODS = ("auto", "window", "index", "mirror")
 # server: below it, the index probes' cost is small while a mirror not yet filled costs a read
 # of every chosen model's rows of the events' pairs (measured: bench/bench_retrieval.py)
 MIRROR_MIN_EVENTS = 100_000
+MIRROR_ATTEMPTS = 3  # plans of a chunk when mirror files change under it (MirrorChanged)
 
 
 class RetrievalError(ValueError):
@@ -411,7 +412,10 @@ def _mirror_plan(
         chosen.setdefault(f"features.{by_name[name].model}", []).append((by_name[name].column, name))
     parts = dsn_parts(dsn)
     root = options.mirror_dir or PROJECT_DIR / ".bqx" / "cache" / "mirror"
-    folder = mirror.database_folder(root, cursor, f"{parts.get('host', '')}|{parts.get('port', '')}|{parts.get('dbname', '')}")
+    try:
+        folder = mirror.database_folder(root, cursor, f"{parts.get('host', '')}|{parts.get('port', '')}|{parts.get('dbname', '')}")
+    except OSError as err:
+        raise RetrievalError(f"cannot make the mirror's folder {root}: {err.strerror or err}; use --method index, or another folder") from None
     relations = [mirror.M1_INDEX, *((relation, relation.split(".", 1)[1]) for relation in feature_relations)]
     needed = [relation for relation, _ in relations] + ["build_state.model_pairs", "build_state.model_vars"]
     cursor.execute(
@@ -435,7 +439,13 @@ def _mirror_plan(
 
         bar = tqdm(total=len(stale), unit="file", desc="bqx features: reading the mirror's stale files")
     for pair, relation, wanted in stale:
-        mirror.refresh(cursor, folder, pair, relation, wanted, states[(pair, relation)])
+        try:
+            mirror.refresh(cursor, folder, pair, relation, wanted, states[(pair, relation)])
+        except OSError as err:  # a full disk, a folder made read-only: the file is not left half-written
+            raise RetrievalError(
+                f"cannot write the mirror's file of {pair} {relation} in {folder}: {err.strerror or err}; "
+                "free space there or use --method index"
+            ) from None
         if bar is not None:
             bar.update()
     if bar is not None:
@@ -454,19 +464,30 @@ def _mirror_batches(
 ) -> Iterator[pa.Table]:
     from bqx import feature_mirror as mirror
 
-    # the stamps and the rows read for stale files in one snapshot: a file's stamp always
-    # belongs to its rows, whatever a concurrent build commits meanwhile
-    conn.commit()
-    cursor.execute("set transaction isolation level repeatable read")
     pairs = sorted(pc.unique(table.column("pair")).to_pylist())
-    try:
-        plan = _mirror_plan(cursor, pairs, feature_names, options, dsn, progress=bar is not None)
-    finally:
-        conn.rollback()  # it only read
+
+    def plan_now() -> Any:
+        # the stamps and the rows read for stale files in one snapshot: a file's stamp always
+        # belongs to its rows, whatever a concurrent build commits meanwhile
+        conn.commit()
+        cursor.execute("set transaction isolation level repeatable read")
+        try:
+            return _mirror_plan(cursor, pairs, feature_names, options, dsn, progress=bar is not None)
+        finally:
+            conn.rollback()  # it only read
+
+    plan = plan_now()
     max_age_us = int(options.max_age / dt.timedelta(microseconds=1))
     for start in range(0, table.num_rows, chunk_rows):
         chunk = table.slice(start, chunk_rows)
-        found = mirror.join_chunk(chunk, plan, max_age_us)
+        for attempt in range(MIRROR_ATTEMPTS):
+            try:
+                found = mirror.join_chunk(chunk, plan, max_age_us)
+                break
+            except mirror.MirrorChanged:  # another retrieval refreshed a file after a newer build
+                if attempt == MIRROR_ATTEMPTS - 1:
+                    raise RetrievalError("the features kept changing while they were read (builds running?): try again") from None
+                plan = plan_now()
         joined = chunk
         for name in found.column_names:
             joined = joined.append_column(name, found.column(name))

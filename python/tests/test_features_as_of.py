@@ -6,6 +6,7 @@ max_age, inclusive, with the reason)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -283,6 +284,8 @@ def test_mirror_gives_the_sql_result_bit_for_bit(wave1_dsn: str, fixture_feature
     asking for more columns later widens a file without losing the ones it held; its folder is
     the user's own."""
     events = _events(fixture_features, seed=13)
+    no_bars = pd.DataFrame({"pair": ["AUDNZD"], "event_time": [fixture_features["ts_utc"].iloc[100]], "label": ["no bars"]})
+    events = pd.concat([events, no_bars], ignore_index=True)  # a pair the database holds no bar of
     mirrored, probed = _mirror_and_sql(wave1_dsn, events, tmp_path / "mirror", columns=None)
     assert mirrored.schema == probed.schema and mirrored.equals(probed)
     again, _ = _mirror_and_sql(wave1_dsn, events, tmp_path / "mirror", columns=None)
@@ -295,6 +298,14 @@ def test_mirror_gives_the_sql_result_bit_for_bit(wave1_dsn: str, fixture_feature
     assert all(folder.stat().st_mode & 0o777 == 0o700 for folder in folders)
     with pytest.raises(RetrievalError, match="'no_such_feature' is not a column of feature_matrix"):
         as_of(events, ["no_such_feature"], dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+    blocked = tmp_path / "read-only"
+    blocked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anyway
+        with pytest.raises(RetrievalError, match=r"cannot make the mirror's folder .*use --method index"):
+            as_of(events, COLUMNS, dsn=wave1_dsn, method="mirror", mirror_dir=blocked / "mirror")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(RetrievalError, match=r"cannot make the mirror's folder"):
+        as_of(events, COLUMNS, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "a-file" / "mirror")
     assert AsOfOptions().method_for(False, MIRROR_MIN_EVENTS) == "mirror"
     assert AsOfOptions().method_for(False, MIRROR_MIN_EVENTS - 1) == "index"
     assert AsOfOptions().method_for(True, 10 * MIRROR_MIN_EVENTS) == "window"
@@ -330,3 +341,39 @@ def test_mirror_follows_corrections_and_deletions(
     deleted, probed = _mirror_and_sql(moved_dsn, events, mirror_dir)
     assert deleted.equals(probed)
     assert "not_built" in deleted.column("feature_missing_reason").to_pylist()
+
+
+def test_mirror_read_again_when_a_file_changes_under_it(
+    wave1_dsn: str, fixture_features: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror file replaced after its stamp was read (another retrieval, after a newer build) is
+    never read under the old stamp: the chunk is planned again; a file that keeps changing is an
+    error, not a mix of two snapshots."""
+    from bqx import feature_mirror
+
+    events = _events(fixture_features, seed=19)
+    expected = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="index")
+    calls = {"n": 0}
+    real_join = feature_mirror.join_chunk
+
+    def flaky_join(*args: object, **kwargs: object) -> pa.Table:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise feature_mirror.MirrorChanged("staging.m1_index EURUSD")
+        return real_join(*args, **kwargs)
+
+    monkeypatch.setattr(feature_mirror, "join_chunk", flaky_join)
+    got = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path)
+    assert calls["n"] == 2
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+    def always_changed(*args: object, **kwargs: object) -> pa.Table:
+        raise feature_mirror.MirrorChanged("staging.m1_index EURUSD")
+
+    monkeypatch.setattr(feature_mirror, "join_chunk", always_changed)
+    with pytest.raises(RetrievalError, match="kept changing"):
+        as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path)
+    monkeypatch.undo()
+    folder = next(tmp_path.glob("db-*"))
+    with pytest.raises(feature_mirror.MirrorChanged):
+        feature_mirror.read_mirror(folder, "staging.m1_index", "EURUSD", [], stamp="an older stamp")
