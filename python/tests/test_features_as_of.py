@@ -205,15 +205,16 @@ def moved_dsn(database_factory: Callable[[str], str], dbt_runner: Callable[..., 
 MOVED_FROM = pd.Timestamp("2024-07-05 10:00", tz="UTC")
 
 
+@pytest.mark.parametrize("method", ["index", "mirror"])
 def test_moving_a_bar_changes_no_earlier_event(
-    wave1_dsn: str, moved_dsn: str, fixture_features: pd.DataFrame
+    wave1_dsn: str, moved_dsn: str, fixture_features: pd.DataFrame, method: str, tmp_path: Path
 ) -> None:
     """Events before the close of the first moved bar get exactly the same features with or
     without the move; events after it see it (so the comparison has teeth)."""
     events = _events(fixture_features, seed=3)
     closes_of_moved = MOVED_FROM + MINUTE
-    original = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn)
-    moved = as_of(events, COLUMNS, MAX_AGE, dsn=moved_dsn)
+    original = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method=method, mirror_dir=tmp_path)
+    moved = as_of(events, COLUMNS, MAX_AGE, dsn=moved_dsn, method=method, mirror_dir=tmp_path)
     earlier = (events["event_time"] < closes_of_moved).to_numpy()
     assert earlier.sum() > 100 and (~earlier).sum() > 100
     for column in COLUMNS:
