@@ -34,7 +34,9 @@ as in the macro; then each model's row of that bar by a second binary search (a 
 gives NULLs, as the macro's left join). bqx.features checks the result against the macro's in
 the tests (python/tests/test_features_as_of.py): the same Arrow table.
 
-The folder is created for the current user only (0700): the features are the database's data.
+The folders are created for the current user only (0700), files 0600: the features are the
+database's data. Every file is opened through bqx.safe_files (no symlink someone else owns is
+followed, files are written under a fresh name and renamed): bqx may run as root.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from bqx import safe_files
 
 MINUTE_US = 60_000_000
 M1_INDEX = ("staging.m1_index", "m1_index")
@@ -96,10 +100,10 @@ def database_folder(root: Path, cursor: Any, dsn_key: str) -> Path:
     name, oid = cursor.fetchone()
     digest = hashlib.sha256(f"{dsn_key}|{name}|{oid}|{FORMAT}".encode()).hexdigest()[:20]
     folder = root / f"db-{digest}"
-    for path in (root, folder):
-        if not path.is_dir():  # created for the user alone; a folder that exists is left as it is
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(path, 0o700)
+    # created for the user alone (0700, missing parents too); an existing folder must be the
+    # user's, reached through no symlink someone else owns (bqx.safe_files: bqx may run as root)
+    with safe_files.opened_dir(folder, create_mode=0o700, owners={os.geteuid()}):
+        pass
     return folder
 
 
@@ -140,17 +144,28 @@ def read_states(cursor: Any, pairs: Sequence[str], relations: Sequence[tuple[str
     return states
 
 
-def _file(folder: Path, relation: str, pair: str) -> Path:
-    return folder / relation / f"pair={pair}.arrow"
+def _name(pair: str) -> str:
+    return f"pair={pair}.arrow"
 
 
-def _held(path: Path) -> tuple[str | None, tuple[str, ...]]:
-    """The stamp and columns a mirror file was written with (None: no usable file)."""
+def _mapped(folder: Path, relation: str, pair: str) -> pa.ipc.RecordBatchFileReader | None:
+    """The mirror file of (pair, relation), memory-mapped (its pages are read as they are used),
+    opened without following a symlink and only if the user owns it; None: no usable file."""
+    with safe_files.opened_dir(folder / relation, create_mode=0o700, owners={os.geteuid()}) as folder_fd:
+        mapped = safe_files.map_file(folder_fd, _name(pair), folder / relation / _name(pair), owners={os.geteuid()})
+    if mapped is None:
+        return None
     try:
-        with pa.memory_map(str(path)) as source:
-            metadata = pa.ipc.open_file(source).schema.metadata or {}
-    except (OSError, pa.ArrowInvalid):
-        return None, ()
+        # the buffer holds the mapping: it stays mapped as long as a table uses its pages
+        return pa.ipc.open_file(pa.py_buffer(mapped))
+    except pa.ArrowInvalid:  # cut short (a crash before it was complete): read it again
+        return None
+
+
+def _held(folder: Path, relation: str, pair: str) -> tuple[str | None, tuple[str, ...]]:
+    """The stamp and columns a mirror file was written with (None: no usable file)."""
+    reader = _mapped(folder, relation, pair)
+    metadata = (reader.schema.metadata or {}) if reader is not None else {}
     columns = metadata.get(COLUMNS_KEY, b"").decode()
     return metadata.get(STAMP_KEY, b"").decode() or None, tuple(filter(None, columns.split(",")))
 
@@ -159,7 +174,7 @@ def columns_to_read(folder: Path, pair: str, relation: str, columns: Sequence[st
     """None when the mirror file of (pair, relation) holds `columns` under `state`'s stamp; else
     the columns to read it again with: those asked for and, when its stamp is current, those it
     held (so no later call loses them)."""
-    stamp, held = _held(_file(folder, relation, pair))
+    stamp, held = _held(folder, relation, pair)
     if stamp == state.stamp and set(columns) <= set(held):
         return None
     return tuple(dict.fromkeys([*(held if stamp == state.stamp else ()), *columns]))
@@ -168,21 +183,18 @@ def columns_to_read(folder: Path, pair: str, relation: str, columns: Sequence[st
 def refresh(cursor: Any, folder: Path, pair: str, relation: str, wanted: Sequence[str], state: PairState) -> None:
     """Read the pair's rows of `relation` (ts_utc and `wanted`) into its mirror file under
     `state`'s stamp, replacing the file atomically (written aside, then renamed)."""
-    path = _file(folder, relation, pair)
     listed = "".join(f", {_quoted(column)}" for column in wanted)
     cursor.execute(f"select ts_utc{listed} from {_relation(relation)} where pair = {_literal(pair, _PAIR)} order by ts_utc")
     reader = cursor.fetch_record_batch()
     schema = reader.schema.with_metadata({STAMP_KEY: state.stamp.encode(), COLUMNS_KEY: ",".join(wanted).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for batch in reader:
-                writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with (
+        safe_files.opened_dir(folder / relation, create_mode=0o700, owners={os.geteuid()}) as folder_fd,
+        # not flushed to disk first: a file cut short by a crash fails to open and is read again
+        safe_files.atomic_writer(folder_fd, _name(pair), mode=0o600, durable=False) as sink,
+        pa.ipc.new_file(sink, schema) as writer,
+    ):
+        for batch in reader:
+            writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
 
 
 class MirrorChanged(Exception):
@@ -193,9 +205,8 @@ class MirrorChanged(Exception):
 def read_mirror(folder: Path, relation: str, pair: str, columns: Sequence[str], stamp: str) -> pa.Table:
     """ts_utc and `columns` of a mirror file, memory-mapped (the pages are read as they are
     used), if it still holds `stamp`."""
-    # not closed here: the table's buffers keep the mapping alive and it goes with them
-    reader = pa.ipc.open_file(pa.memory_map(str(_file(folder, relation, pair))))
-    if (reader.schema.metadata or {}).get(STAMP_KEY, b"").decode() != stamp:
+    reader = _mapped(folder, relation, pair)
+    if reader is None or (reader.schema.metadata or {}).get(STAMP_KEY, b"").decode() != stamp:
         raise MirrorChanged(f"{relation} {pair}")
     return reader.read_all().select(["ts_utc", *columns])
 

@@ -398,6 +398,7 @@ def _mirror_plan(
     one query, stale files read again, all in one repeatable-read snapshot) and say what to read."""
     from bqx import feature_mirror as mirror
     from bqx.catalog import feature_catalog
+    from bqx.safe_files import UnsafePathError
     from bqx.server import dsn_parts
 
     catalog = feature_catalog()
@@ -414,8 +415,9 @@ def _mirror_plan(
     root = options.mirror_dir or PROJECT_DIR / ".bqx" / "cache" / "mirror"
     try:
         folder = mirror.database_folder(root, cursor, f"{parts.get('host', '')}|{parts.get('port', '')}|{parts.get('dbname', '')}")
-    except OSError as err:
-        raise RetrievalError(f"cannot make the mirror's folder {root}: {err.strerror or err}; use --method index, or another folder") from None
+    except (OSError, UnsafePathError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise RetrievalError(f"cannot make the mirror's folder {root}: {reason}; use --method index, or another folder") from None
     relations = [mirror.M1_INDEX, *((relation, relation.split(".", 1)[1]) for relation in feature_relations)]
     needed = [relation for relation, _ in relations] + ["build_state.model_pairs", "build_state.model_vars"]
     cursor.execute(
@@ -428,11 +430,14 @@ def _mirror_plan(
         raise RetrievalError(f"the database lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: run `bqx build` first")
     states = mirror.read_states(cursor, pairs, relations)
     stale = []
-    for pair in pairs:
-        for relation, columns in [(mirror.M1_INDEX[0], []), *chosen.items()]:
-            wanted = mirror.columns_to_read(folder, pair, relation, [column for column, _ in columns], states[(pair, relation)])
-            if wanted is not None:
-                stale.append((pair, relation, wanted))
+    try:
+        for pair in pairs:
+            for relation, columns in [(mirror.M1_INDEX[0], []), *chosen.items()]:
+                wanted = mirror.columns_to_read(folder, pair, relation, [column for column, _ in columns], states[(pair, relation)])
+                if wanted is not None:
+                    stale.append((pair, relation, wanted))
+    except UnsafePathError as err:
+        raise RetrievalError(f"the mirror in {folder} is not safe to use: {err}; remove it") from None
     bar = None
     if progress and stale:
         from tqdm import tqdm
@@ -441,10 +446,10 @@ def _mirror_plan(
     for pair, relation, wanted in stale:
         try:
             mirror.refresh(cursor, folder, pair, relation, wanted, states[(pair, relation)])
-        except OSError as err:  # a full disk, a folder made read-only: the file is not left half-written
+        except (OSError, UnsafePathError) as err:  # a full disk, a read-only folder: no file is left half-written
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise RetrievalError(
-                f"cannot write the mirror's file of {pair} {relation} in {folder}: {err.strerror or err}; "
-                "free space there or use --method index"
+                f"cannot write the mirror's file of {pair} {relation} in {folder}: {reason}; free space there or use --method index"
             ) from None
         if bar is not None:
             bar.update()
@@ -463,6 +468,7 @@ def _mirror_batches(
     conn: Any, cursor: Any, table: pa.Table, feature_names: Sequence[str], options: AsOfOptions, dsn: str, chunk_rows: int, bar: Any
 ) -> Iterator[pa.Table]:
     from bqx import feature_mirror as mirror
+    from bqx.safe_files import UnsafePathError
 
     pairs = sorted(pc.unique(table.column("pair")).to_pylist())
 
@@ -488,6 +494,8 @@ def _mirror_batches(
                 if attempt == MIRROR_ATTEMPTS - 1:
                     raise RetrievalError("the features kept changing while they were read (builds running?): try again") from None
                 plan = plan_now()
+            except UnsafePathError as err:
+                raise RetrievalError(f"the mirror in {plan.folder} is not safe to use: {err}; remove it") from None
         joined = chunk
         for name in found.column_names:
             joined = joined.append_column(name, found.column(name))

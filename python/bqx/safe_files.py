@@ -20,6 +20,7 @@ use is never followed either.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import secrets
 import stat
@@ -132,11 +133,13 @@ def opened_dir(path: Path, *, create_mode: int | None = None, owners: set[int] |
 
 
 @contextlib.contextmanager
-def atomic_writer(dir_fd: int, name: str, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_writer(dir_fd: int, name: str, *, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
     """A binary file that replaces `name` in `dir_fd` when the block ends without error.
 
     It is written under a fresh name (O_EXCL | O_NOFOLLOW: nothing planted is followed) and
-    renamed over `name`, so a symlink or hard link at `name` is replaced, not written through."""
+    renamed over `name`, so a symlink or hard link at `name` is replaced, not written through.
+    `durable`: flushed to disk before the rename (a cache whose readers check what they read
+    may skip it)."""
     temporary = f".{name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
@@ -144,7 +147,8 @@ def atomic_writer(dir_fd: int, name: str, *, mode: int = 0o644) -> Iterator[Bina
         with os.fdopen(fd, "wb", closefd=True) as sink:
             yield sink
             sink.flush()
-            os.fsync(sink.fileno())
+            if durable:
+                os.fsync(sink.fileno())
         os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -158,23 +162,51 @@ def write_file(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> Non
         sink.write(data)
 
 
-def read_file(dir_fd: int, name: str, shown: Path, *, owners: set[int] | None = None) -> bytes | None:
-    """The bytes of regular file `name` in `dir_fd`; None when it does not exist.
-
-    A symlink, a non-regular file or (with `owners`) a file of another owner is refused."""
+def _open_regular(dir_fd: int, name: str, shown: Path, owners: set[int] | None) -> int | None:
+    """A read-only descriptor of regular file `name` in `dir_fd` (None: it does not exist); a
+    symlink, a non-regular file or (with `owners`) a file of another owner is refused."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as err:
         raise UnsafePathError(f"{shown} cannot be read safely (a symlink?): {err.strerror}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"{shown} is not a regular file"
+    elif owners is not None and info.st_uid not in owners:
+        problem = f"{shown} belongs to uid {info.st_uid}, not to the expected account"
+    if problem:
+        os.close(fd)
+        raise UnsafePathError(problem)
+    return fd
+
+
+def read_file(dir_fd: int, name: str, shown: Path, *, owners: set[int] | None = None) -> bytes | None:
+    """The bytes of regular file `name` in `dir_fd`; None when it does not exist.
+
+    A symlink, a non-regular file or (with `owners`) a file of another owner is refused."""
+    fd = _open_regular(dir_fd, name, shown, owners)
+    if fd is None:
+        return None
     with os.fdopen(fd, "rb") as source:
-        info = os.fstat(source.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafePathError(f"{shown} is not a regular file")
-        if owners is not None and info.st_uid not in owners:
-            raise UnsafePathError(f"{shown} belongs to uid {info.st_uid}, not to the expected account")
         return source.read()
+
+
+def map_file(dir_fd: int, name: str, shown: Path, *, owners: set[int] | None = None) -> mmap.mmap | None:
+    """Regular file `name` in `dir_fd` mapped read-only (None: missing or empty), with
+    read_file's checks: its pages are read as they are used, the mapping outlives the rename of
+    a newer file over it."""
+    fd = _open_regular(dir_fd, name, shown, owners)
+    if fd is None:
+        return None
+    try:
+        if os.fstat(fd).st_size == 0:
+            return None
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
 
 
 def lstat_in(dir_fd: int, name: str) -> os.stat_result | None:

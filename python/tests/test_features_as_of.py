@@ -378,3 +378,35 @@ def test_mirror_read_again_when_a_file_changes_under_it(
     folder = next(tmp_path.glob("db-*"))
     with pytest.raises(feature_mirror.MirrorChanged):
         feature_mirror.read_mirror(folder, "staging.m1_index", "EURUSD", [], stamp="an older stamp")
+
+
+def test_mirror_follows_no_planted_link_and_no_other_owner(wave1_dsn: str, fixture_features: pd.DataFrame, tmp_path: Path) -> None:
+    """bqx may run as root: a mirror file replaced by a symlink (to a file someone wants written
+    or read) is refused, never followed, and the file it points to is untouched; so is a file or
+    a folder of another account. Files are the user's alone (0600)."""
+    events = _events(fixture_features, seed=23)
+    as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+    folder = next((tmp_path / "mirror").glob("db-*"))
+    files = sorted(folder.rglob("*.arrow"))
+    assert files and all(path.stat().st_mode & 0o777 == 0o600 for path in files)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = folder / "staging.m1_index" / "pair=EURUSD.arrow"
+    target.unlink()
+    target.symlink_to(victim)
+    with pytest.raises(RetrievalError, match=r"not safe to use: .*symlink"):
+        as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+    assert victim.read_bytes() == b"precious"
+    target.unlink()
+    if os.geteuid() == 0:  # only root can hand a file or a folder to another account
+        other = folder / "features.bqx" / "pair=EURUSD.arrow"
+        os.chown(other, 65534, 65534)
+        with pytest.raises(RetrievalError, match=r"belongs to uid 65534"):
+            as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+        other.unlink()
+        os.chown(folder, 65534, 65534)
+        with pytest.raises(RetrievalError, match=r"cannot make the mirror's folder .*belongs to uid 65534"):
+            as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+        os.chown(folder, 0, 0)
+    again = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+    pd.testing.assert_frame_equal(again, as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="index"), check_exact=True)
