@@ -149,6 +149,32 @@ def test_planted_lagged_signal_is_selected_in_the_top_5() -> None:
     assert chosen.importances.iloc[0]["feature"] == "f7_lag120"
 
 
+@pytest.mark.parametrize("targets", [1, 3])
+def test_group_permutation_drops_equal_the_forests_own_predict_bit_for_bit(targets: int) -> None:
+    """The permutation step re-predicts only the trees that use a group, on two threads: every
+    drop equals, bit for bit, the drop computed the plain way (the whole forest's predict() on
+    the shuffled rows, the same shuffles drawn in the same order), for one target and several."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 24)).astype(np.float32)
+    y = x[:, :3] @ rng.standard_normal((3, targets)) + rng.standard_normal((3000, targets))
+    y = y[:, 0] if targets == 1 else y
+    _, model = sel._mdi(x[:2000], y[:2000], 40, 3)
+    holdout_x, holdout_y = x[2000:], y[2000:]
+    groups = [[0, 1], [2], [5, 6, 7], [23]]
+    drops, base = sel._group_drops(model, holdout_x, holdout_y, groups, seed=9)
+    assert base == sel._r2(holdout_y, model.predict(holdout_x))
+    plain_rng = np.random.default_rng(9)
+    orders = [[plain_rng.permutation(holdout_x.shape[0]) for _ in range(sel.PERMUTATION_REPEATS)] for _ in groups]
+    for columns, group_orders, drop in zip(groups, orders, drops, strict=True):
+        plain = []
+        for order in group_orders:
+            shuffled = holdout_x.copy()
+            shuffled[:, columns] = holdout_x[order][:, columns]
+            plain.append(base - sel._r2(holdout_y, model.predict(shuffled)))
+        assert drop == float(np.mean(plain))
+    assert drops[0] > drops[3], "the signal's group matters more than noise"
+
+
 def test_float32_only_where_the_bar_to_bar_changes_survive() -> None:
     rng = np.random.default_rng(3)
     level = 100 + np.cumsum(rng.standard_normal(5000) * 1e-3)  # a rate_index level: float64

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,6 +113,53 @@ def _mdi(x: np.ndarray, y: np.ndarray, trees: int, seed: int, kind: str = "extra
     return forest.feature_importances_, forest
 
 
+def _forest_predict(model: Any, x: np.ndarray, tree_predictions: Sequence[np.ndarray]) -> np.ndarray:
+    """The forest's prediction from its trees' (in tree order): exactly what its predict() gives
+    on one thread (the same float64 sum in the same order, divided by the number of trees)."""
+    total = np.zeros_like(tree_predictions[0], dtype=np.float64)
+    for predicted in tree_predictions:
+        total += predicted
+    total /= len(tree_predictions)
+    return total
+
+
+def _group_drops(model: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[Sequence[int]], seed: int) -> tuple[list[float], float]:
+    """Permutation importance of each group of columns on the hold-out (x, y): the mean drop of
+    R^2 over PERMUTATION_REPEATS shuffles of the group's rows together, and the unshuffled R^2.
+
+    A tree that splits on none of a group's columns predicts the same on the shuffled rows, so
+    only the trees that use the group predict again; the others' predictions are kept from the
+    unshuffled pass. The sum over trees is then the forest's predict() on the shuffled rows, bit
+    for bit (tested), at a fraction of the cost. Groups are spread over two threads (a tree's
+    predict releases the GIL); every shuffle is drawn beforehand, in group order, from one
+    generator seeded with `seed`, so the result does not depend on the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    trees = model.estimators_
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    unshuffled = [tree.predict(x, check_input=False) for tree in trees]
+    base_score = _r2(y, _forest_predict(model, x, unshuffled))
+    used = [set(tree.tree_.feature[tree.tree_.feature >= 0].tolist()) for tree in trees]
+    rng = np.random.default_rng(seed)
+    orders = [[rng.permutation(x.shape[0]) for _ in range(PERMUTATION_REPEATS)] for _ in groups]
+
+    def drop(index: int) -> float:
+        columns = list(groups[index])
+        users = [t for t, features in enumerate(used) if not features.isdisjoint(columns)]
+        scores = []
+        for order in orders[index]:
+            shuffled = x.copy()
+            shuffled[:, columns] = x[np.ix_(order, columns)]  # the group moves together
+            predictions = list(unshuffled)
+            for t in users:
+                predictions[t] = trees[t].predict(shuffled, check_input=False)
+            scores.append(base_score - _r2(y, _forest_predict(model, shuffled, predictions)))
+        return float(np.mean(scores))
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(drop, range(len(groups)))), base_score
+
+
 def _top(scores: np.ndarray, n: int) -> list[int]:
     order = np.lexsort((np.arange(scores.size), -scores))  # ties: catalog order (deterministic)
     return [int(i) for i in order[:n]]
@@ -146,23 +194,15 @@ def select_features(
     base_score = float("nan")
     if importance == "permutation" and holdout.size:
         y_hold = _standardise(holdout.y, scale)
-        base_score = _r2(y_hold, model.predict(holdout.x))
         members: dict[str, list[int]] = {}
         for index, candidate in enumerate(candidates):
             members.setdefault(candidate.base, []).append(index)
         groups = list(dict.fromkeys(candidates[i].base for i in mdi_candidates))
-        rng = np.random.default_rng(seed)
-        for base in groups:
-            columns = members[base]
-            drops = []
-            for _ in range(PERMUTATION_REPEATS):
-                shuffled = holdout.x.copy()
-                order = rng.permutation(holdout.size)
-                shuffled[:, columns] = holdout.x[order][:, columns]  # the group moves together
-                drops.append(base_score - _r2(y_hold, model.predict(shuffled)))
-            for i in columns:
+        drops, base_score = _group_drops(model, holdout.x, y_hold, [members[base] for base in groups], seed)
+        for base, drop in zip(groups, drops, strict=True):
+            for i in members[base]:
                 if i in mdi_candidates:
-                    permutation[i] = float(np.mean(drops))
+                    permutation[i] = drop
 
     if importance == "permutation" and holdout.size:
         chosen = _fill_by_groups(candidates, mdi, permutation, mdi_candidates, top_n)
