@@ -144,6 +144,33 @@ def read_states(cursor: Any, pairs: Sequence[str], relations: Sequence[tuple[str
     return states
 
 
+def fill_bytes(cursor: Any, stale: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+    """About how many bytes the stale files (pair, relation, columns) take once read: the
+    relation's rows per pair (the planner's row count, or its size when never analysed) times
+    8 bytes per column and ts_utc."""
+    relations = sorted({relation for _, relation, _ in stale})
+    if not relations:
+        return 0
+    listed = ", ".join(f"({_literal(relation, _RELATION)})" for relation in relations)
+    cursor.execute(
+        f"""
+        select
+            wanted.relation::text,
+            (case
+                when tables.reltuples >= 0 then tables.reltuples
+                else pg_relation_size(tables.oid) / (8.0 * greatest(tables.relnatts, 1))
+            end / greatest((
+                select count(*) from build_state.model_pairs as state
+                where state.model = split_part(wanted.relation, '.', 2)
+            ), 1))::int8 as rows_per_pair
+        from (values {listed}) as wanted (relation)
+        inner join pg_class as tables on tables.oid = wanted.relation::regclass
+        """
+    )
+    rows = dict(zip(*(column.to_pylist() for column in cursor.fetch_arrow_table().columns), strict=True))
+    return sum(rows[relation] * 8 * (len(columns) + 1) for _, relation, columns in stale)
+
+
 def _name(pair: str) -> str:
     return f"pair={pair}.arrow"
 

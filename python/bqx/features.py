@@ -63,10 +63,21 @@ METHODS = ("auto", "window", "index", "mirror")
 # of every chosen model's rows of the events' pairs (measured: bench/bench_retrieval.py)
 MIRROR_MIN_EVENTS = 100_000
 MIRROR_ATTEMPTS = 3  # plans of a chunk when mirror files change under it (MirrorChanged)
+# The share of the mirror folder's free disk a fill may take: `auto` reads the tables instead
+# beyond a quarter (every column of an FX-year is ~28 GB), `mirror` asked for refuses beyond 90 %
+MIRROR_DISK_SHARE = {"auto": 0.25, "mirror": 0.9}
 
 
 class RetrievalError(ValueError):
     """Bad events or options; the message says what to change."""
+
+
+class MirrorTooBig(RetrievalError):
+    """Filling the mirror would take more of its disk than a retrieval may (MIRROR_DISK_SHARE)."""
+
+    def __init__(self, need: str) -> None:
+        super().__init__(f"{need}: ask for fewer --columns, free space, or use --method index")
+        self.need = need
 
 
 @dataclass(frozen=True)
@@ -354,10 +365,19 @@ def as_of_batches(
         feature_names = _feature_names(cursor, options)
         chunk_rows = options.rows_per_chunk(len(feature_names))
         if method == "mirror" and table.num_rows:
-            yield from _mirror_batches(conn, cursor, table, feature_names, options, dsn, chunk_rows, bar)
-            if bar is not None:
-                bar.close()
-            return
+            try:
+                chunks = _mirror_batches(conn, cursor, table, feature_names, options, dsn, chunk_rows, bar)
+            except MirrorTooBig as err:
+                if options.method != "auto":
+                    raise
+                if bar is not None:  # the command line says why it takes the slower way
+                    bar.write(f"bqx features: {err.need}: reading the tables instead (--method index)")
+                method = "index"
+            else:
+                yield from chunks
+                if bar is not None:
+                    bar.close()
+                return
         if method == "mirror":  # no events: no pair to read; the SQL gives the empty result's types
             method = "index" if not distributed else "window"
         sql = _wrapped(as_of_sql(dsn, options, method, distributed=distributed), feature_names)
@@ -394,6 +414,8 @@ def _feature_names(cursor: Any, options: AsOfOptions) -> list[str]:
 def _mirror_plan(
     cursor: Any, pairs: Sequence[str], feature_names: Sequence[str], options: AsOfOptions, dsn: str, progress: bool
 ) -> Any:
+    import shutil
+
     """Bring the mirror files the retrieval needs up to date (bqx.feature_mirror: stamps read in
     one query, stale files read again, all in one repeatable-read snapshot) and say what to read."""
     from bqx import feature_mirror as mirror
@@ -438,6 +460,11 @@ def _mirror_plan(
                     stale.append((pair, relation, wanted))
     except UnsafePathError as err:
         raise RetrievalError(f"the mirror in {folder} is not safe to use: {err}; remove it") from None
+    needed_bytes, free_bytes = mirror.fill_bytes(cursor, stale), shutil.disk_usage(folder).free
+    if needed_bytes > MIRROR_DISK_SHARE[options.method if options.method == "mirror" else "auto"] * free_bytes:
+        raise MirrorTooBig(
+            f"the mirror would need about {needed_bytes / 2**30:.1f} GiB more in {folder}, which has {free_bytes / 2**30:.1f} GiB free"
+        )
     bar = None
     if progress and stale:
         from tqdm import tqdm
@@ -467,6 +494,8 @@ def _mirror_plan(
 def _mirror_batches(
     conn: Any, cursor: Any, table: pa.Table, feature_names: Sequence[str], options: AsOfOptions, dsn: str, chunk_rows: int, bar: Any
 ) -> Iterator[pa.Table]:
+    """The chunks' results from the mirror; the mirror is brought up to date here, before the
+    first chunk (so MirrorTooBig is raised by this call, not by the first iteration)."""
     from bqx import feature_mirror as mirror
     from bqx.safe_files import UnsafePathError
 
@@ -482,26 +511,31 @@ def _mirror_batches(
         finally:
             conn.rollback()  # it only read
 
-    plan = plan_now()
+    first_plan = plan_now()
     max_age_us = int(options.max_age / dt.timedelta(microseconds=1))
-    for start in range(0, table.num_rows, chunk_rows):
-        chunk = table.slice(start, chunk_rows)
-        for attempt in range(MIRROR_ATTEMPTS):
-            try:
-                found = mirror.join_chunk(chunk, plan, max_age_us)
-                break
-            except mirror.MirrorChanged:  # another retrieval refreshed a file after a newer build
-                if attempt == MIRROR_ATTEMPTS - 1:
-                    raise RetrievalError("the features kept changing while they were read (builds running?): try again") from None
-                plan = plan_now()
-            except UnsafePathError as err:
-                raise RetrievalError(f"the mirror in {plan.folder} is not safe to use: {err}; remove it") from None
-        joined = chunk
-        for name in found.column_names:
-            joined = joined.append_column(name, found.column(name))
-        if bar is not None:
-            bar.update(chunk.num_rows)
-        yield joined
+
+    def chunks() -> Iterator[pa.Table]:
+        plan = first_plan
+        for start in range(0, table.num_rows, chunk_rows):
+            chunk = table.slice(start, chunk_rows)
+            for attempt in range(MIRROR_ATTEMPTS):
+                try:
+                    found = mirror.join_chunk(chunk, plan, max_age_us)
+                    break
+                except mirror.MirrorChanged:  # another retrieval refreshed a file after a newer build
+                    if attempt == MIRROR_ATTEMPTS - 1:
+                        raise RetrievalError("the features kept changing while they were read (builds running?): try again") from None
+                    plan = plan_now()
+                except UnsafePathError as err:
+                    raise RetrievalError(f"the mirror in {plan.folder} is not safe to use: {err}; remove it") from None
+            joined = chunk
+            for name in found.column_names:
+                joined = joined.append_column(name, found.column(name))
+            if bar is not None:
+                bar.update(chunk.num_rows)
+            yield joined
+
+    return chunks()
 
 
 def as_of(

@@ -410,3 +410,22 @@ def test_mirror_follows_no_planted_link_and_no_other_owner(wave1_dsn: str, fixtu
         os.chown(folder, 0, 0)
     again = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
     pd.testing.assert_frame_equal(again, as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="index"), check_exact=True)
+
+
+def test_a_mirror_too_big_for_its_disk_is_refused_or_skipped(
+    wave1_dsn: str, fixture_features: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filling the mirror may take only a share of its disk's free space: asked for, the mirror
+    then refuses with a one-line reason; chosen by `auto`, the retrieval reads the tables instead
+    (the same result), and nothing is written."""
+    import bqx.features as features
+
+    events = _events(fixture_features, seed=29)
+    monkeypatch.setattr(features, "MIRROR_DISK_SHARE", {"auto": 1e-12, "mirror": 1e-12})
+    with pytest.raises(RetrievalError, match=r"^the mirror would need about .* GiB free: ask for fewer --columns"):
+        as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="mirror", mirror_dir=tmp_path / "mirror")
+    monkeypatch.setattr(features, "MIRROR_MIN_EVENTS", 1)
+    assert features.AsOfOptions().method_for(False, len(events)) == "mirror"
+    got = as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, mirror_dir=tmp_path / "mirror")
+    pd.testing.assert_frame_equal(got, as_of(events, COLUMNS, MAX_AGE, dsn=wave1_dsn, method="index"), check_exact=True)
+    assert not list((tmp_path / "mirror").rglob("*.arrow"))
