@@ -58,13 +58,11 @@ def _preprocessing():  # noqa: ANN202
     return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
 
 
-def _ridges(preprocessing, x: np.ndarray, y: np.ndarray) -> list:  # noqa: ANN001
-    """One ridge per penalty on the (already fitted) imputer + scaler's output."""
+def _ridges(transformed: np.ndarray, y: np.ndarray) -> list:
+    """One ridge per penalty on the (already fitted) imputer + scaler's output of the training rows."""
     from sklearn.linear_model import Ridge
-    from sklearn.pipeline import make_pipeline
 
-    transformed = preprocessing.transform(x)
-    return [make_pipeline(preprocessing, Ridge(alpha=alpha).fit(transformed, y)) for alpha in RIDGE_ALPHAS]
+    return [Ridge(alpha=alpha).fit(transformed, y) for alpha in RIDGE_ALPHAS]
 
 
 def _boosting(seed: int):  # noqa: ANN202
@@ -85,28 +83,38 @@ def fit_and_score(
     seed: int,
     progress: bool = True,
 ) -> Evaluation:
-    """Fit each target's models on `train`, choose their settings on val, score test once."""
+    """Fit each target's models on `train`, choose their settings on val, score test once.
+
+    Val is read once for every target (not once per target), and each chunk goes through the
+    imputer and scaler once for every ridge of every target (they are fit once, on train)."""
+    from sklearn.pipeline import make_pipeline
     from tqdm import tqdm
 
     tuning: dict[str, dict[str, float]] = {}
     fitted: dict[str, dict[str, object]] = {}
     preprocessing = _preprocessing().fit(train.x)  # the imputer and the scaler see training rows only
-    for t, target in enumerate(tqdm(targets, desc="baseline models", disable=not progress, leave=False)):
-        y = train.y[:, t]
-        ridges = _ridges(preprocessing, train.x, y)
-        boosting = _boosting(seed).fit(train.x, y)
-        ridge_sse = np.zeros(len(RIDGE_ALPHAS))
-        stage_sse = np.zeros(boosting.n_iter_)
-        for chunk in val():
+    transformed = preprocessing.transform(train.x)
+    ridges: list[list] = []
+    boostings = []
+    for t in tqdm(range(len(targets)), desc="baseline models", disable=not progress, leave=False):
+        ridges.append(_ridges(transformed, train.y[:, t]))
+        boostings.append(_boosting(seed).fit(train.x, train.y[:, t]))
+    del transformed
+    ridge_sse = np.zeros((len(targets), len(RIDGE_ALPHAS)))
+    stage_sse = [np.zeros(boosting.n_iter_) for boosting in boostings]
+    for chunk in val():
+        chunk_transformed = preprocessing.transform(chunk.x)
+        for t in range(len(targets)):
             truth = chunk.y[:, t]
-            for i, model in enumerate(ridges):
-                ridge_sse[i] += float(((truth - model.predict(chunk.x)) ** 2).sum())
-            for stage, predicted in enumerate(boosting.staged_predict(chunk.x)):
-                stage_sse[stage] += float(((truth - predicted) ** 2).sum())
-        best_ridge = int(np.argmin(ridge_sse))
-        best_stage = int(np.argmin(stage_sse))
+            for i, ridge in enumerate(ridges[t]):
+                ridge_sse[t, i] += float(((truth - ridge.predict(chunk_transformed)) ** 2).sum())
+            for stage, predicted in enumerate(boostings[t].staged_predict(chunk.x)):
+                stage_sse[t][stage] += float(((truth - predicted) ** 2).sum())
+    for t, target in enumerate(targets):
+        best_ridge = int(np.argmin(ridge_sse[t]))
+        best_stage = int(np.argmin(stage_sse[t]))
         tuning[target] = {"ridge_alpha": RIDGE_ALPHAS[best_ridge], "boosting_iterations": best_stage + 1}
-        fitted[target] = {"ridge": ridges[best_ridge], "boosting": boosting, "stage": best_stage}
+        fitted[target] = {"ridge": make_pipeline(preprocessing, ridges[t][best_ridge]), "boosting": boostings[t], "stage": best_stage}
 
     sums: dict[tuple[str, str, str], list[float]] = {}
     frames = []
