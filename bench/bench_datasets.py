@@ -23,8 +23,11 @@ its database (bench/run.py runs one script at a time).
    decoder (ADBC, psycopg binary COPY + pgcopy) × source (per relation, the view). And the
    server's ceiling: the backend's CPU time producing the builder's per-relation COPYs (read and
    thrown away), spread over every core: no reader on this machine can beat it.
+   BENCH_READERS=0 skips this part (an FX-year run of the builder alone: the plain cursor
+   baseline alone would take ~8 minutes on 4 pairs × 12 months).
 2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
-   RSS (`builder.*`), the first (cold) run; goals at FX-year size: <= 5 minutes, <= 4 GiB.
+   RSS (`builder.*`), the first (cold) run, and each step's wall time as its closing note prints
+   it (`builder.step.<step>.s`); goals at FX-year size: <= 5 minutes, <= 4 GiB.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -201,68 +205,82 @@ def main() -> int:
             sources = ex.describe_pairs(conn, pairs[:BENCH_EXTRACT_PAIRS], None, None, models)
         rows = sum(s.rows for s in sources)
         width = len(features) + len(targets) + 2
-        seconds: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="bqx_extract_bench_") as tmp:
-            readers = {
-                "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
-                "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
-                "relations_adbc": lambda: relations_adbc(bench.dsn, sources, catalog),
-                "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
-                "view_pgcopy": lambda: view_pgcopy(bench.dsn, sources, catalog, features, targets),
-                "psycopg_fetch": lambda: sum(psycopg_fetch(bench.dsn, s, features, targets) for s in sources),
-            }
-            for name, action in readers.items():
-                seconds[name], _ = best_of(REPEAT, action)
-        what = f"{len(sources)} pairs × {months} month{'s' if months != 1 else ''} ({BENCH_START:%Y-%m-%d} .. {months_later(BENCH_START, months):%Y-%m-%d}), {rows:,} rows × {width} columns, best of {REPEAT}"
-        labels = {
-            "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
-            "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
-            "relations_adbc": "each relation by index as the builder reads them, two connections, decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C)",
-            "view_adbc": "the feature_matrix view joined with targets, ADBC PostgreSQL driver (binary COPY into Arrow in C)",
-            "view_pgcopy": "the feature_matrix view joined with targets, psycopg binary COPY of never-NULL float8 + NULL count, decoded by bqx.pgcopy",
-            "psycopg_fetch": "plain psycopg cursor.fetchall() of the view query, one Python object per value",
-        }
-        for name, value in seconds.items():
-            record(f"extract.{name}.rows_per_s", rows / value, "rows/s", f"{labels[name]}; {what} (goal ≥ 100k rows/s at 300+ columns)")
-            record(f"extract.{name}.values_per_s", rows * width / value, "values/s", f"{labels[name]}; {what}")
-            if name != "psycopg_fetch":
-                record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run; {what}")
-        server_cpu = min(filter(None, (server_copy_cpu(bench.dsn, sources, catalog) for _ in range(REPEAT))), default=None)
-        if server_cpu:
-            cores = os.cpu_count() or 1
-            record(
-                "extract.server_copy_ceiling.rows_per_s", rows / (server_cpu / cores), "rows/s",
-                f"the server's side alone: PostgreSQL's CPU time producing the builder's per-relation binary COPYs "
-                f"({server_cpu:.2f} s of backend CPU, read and thrown away, no decoding) spread over all {cores} cores: "
-                f"the most any reader can extract on this machine ({rows * width / server_cpu:,.0f} values/s per core); {what} "
-                f"(goal ≥ 100k rows/s at 300+ columns)",
-            )  # fmt: skip
-        for decoder in ("pgcopy", "adbc"):
-            record(
-                f"extract.ratio.relations_over_view.{decoder}", seconds[f"view_{decoder}"] / seconds[f"relations_{decoder}"], "×",
-                f"per relation vs the view, both decoded by {decoder} (> 1: per relation faster); same rows, same run; {what}",
-            )  # fmt: skip
-        for source in ("relations", "view"):
-            record(
-                f"extract.ratio.pgcopy_over_adbc.{source}", seconds[f"{source}_adbc"] / seconds[f"{source}_pgcopy"], "×",
-                f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run; {what}",
-            )  # fmt: skip
-
-        with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:
-            env = dict(os.environ, BQX_PG_DSN=bench.dsn)
-            command = ["/usr/bin/time", "-v", sys.executable, str(PROJECT_DIR / "python" / "build_datasets.py"), "--out", tmp, "--no-progress"]
-            started = time.perf_counter()
-            done = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
-            wall = time.perf_counter() - started
-            if done.returncode != 0:
-                print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
-                return 1
-            peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-            print(done.stdout)
-        size = f"{size_label(months, bench.pairs)}, {bench.rows:,} bars"
-        record("builder.wall.s", wall, "s", f"python/build_datasets.py, cold (extraction, validation incl. look-ahead rebuilds, selection, datasets, models, report), {size} (goal at FX-year: ≤ 300 s)")
-        record("builder.peak_rss.mib", peak_kib / 1024, "MiB", f"peak RSS of the builder (/usr/bin/time -v), {size} (goal at FX-year: ≤ 4096 MiB)")
+        if os.environ.get("BENCH_READERS", "1") != "0":
+            _readers(bench, sources, catalog, features, targets, months, rows, width)
+        _builder(bench, months)
     return 0
+
+
+def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targets: list[str], months: int, rows: int, width: int) -> None:
+    """Part 1 of the module doc: the readers on the same rows, and the server's ceiling."""
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bqx_extract_bench_") as tmp:
+        readers = {
+            "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
+            "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
+            "relations_adbc": lambda: relations_adbc(bench.dsn, sources, catalog),
+            "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
+            "view_pgcopy": lambda: view_pgcopy(bench.dsn, sources, catalog, features, targets),
+            "psycopg_fetch": lambda: sum(psycopg_fetch(bench.dsn, s, features, targets) for s in sources),
+        }
+        for name, action in readers.items():
+            seconds[name], _ = best_of(REPEAT, action)
+    what = f"{len(sources)} pairs × {months} month{'s' if months != 1 else ''} ({BENCH_START:%Y-%m-%d} .. {months_later(BENCH_START, months):%Y-%m-%d}), {rows:,} rows × {width} columns, best of {REPEAT}"
+    labels = {
+        "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
+        "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
+        "relations_adbc": "each relation by index as the builder reads them, two connections, decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C)",
+        "view_adbc": "the feature_matrix view joined with targets, ADBC PostgreSQL driver (binary COPY into Arrow in C)",
+        "view_pgcopy": "the feature_matrix view joined with targets, psycopg binary COPY of never-NULL float8 + NULL count, decoded by bqx.pgcopy",
+        "psycopg_fetch": "plain psycopg cursor.fetchall() of the view query, one Python object per value",
+    }
+    for name, value in seconds.items():
+        record(f"extract.{name}.rows_per_s", rows / value, "rows/s", f"{labels[name]}; {what} (goal ≥ 100k rows/s at 300+ columns)")
+        record(f"extract.{name}.values_per_s", rows * width / value, "values/s", f"{labels[name]}; {what}")
+        if name != "psycopg_fetch":
+            record(f"extract.ratio.{name}_over_fetch", seconds["psycopg_fetch"] / value, "×", f"{labels[name]} vs the plain cursor fetch, same rows, same run; {what}")
+    server_cpu = min(filter(None, (server_copy_cpu(bench.dsn, sources, catalog) for _ in range(REPEAT))), default=None)
+    if server_cpu:
+        cores = os.cpu_count() or 1
+        record(
+            "extract.server_copy_ceiling.rows_per_s", rows / (server_cpu / cores), "rows/s",
+            f"the server's side alone: PostgreSQL's CPU time producing the builder's per-relation binary COPYs "
+            f"({server_cpu:.2f} s of backend CPU, read and thrown away, no decoding) spread over all {cores} cores: "
+            f"the most any reader can extract on this machine ({rows * width / server_cpu:,.0f} values/s per core); {what} "
+            f"(goal ≥ 100k rows/s at 300+ columns)",
+        )  # fmt: skip
+    for decoder in ("pgcopy", "adbc"):
+        record(
+            f"extract.ratio.relations_over_view.{decoder}", seconds[f"view_{decoder}"] / seconds[f"relations_{decoder}"], "×",
+            f"per relation vs the view, both decoded by {decoder} (> 1: per relation faster); same rows, same run; {what}",
+        )  # fmt: skip
+    for source in ("relations", "view"):
+        record(
+            f"extract.ratio.pgcopy_over_adbc.{source}", seconds[f"{source}_adbc"] / seconds[f"{source}_pgcopy"], "×",
+            f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run; {what}",
+        )  # fmt: skip
+
+
+
+def _builder(bench: Any, months: int) -> None:
+    """Part 2 of the module doc: the whole builder, cold, under /usr/bin/time -v."""
+    with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:
+        env = dict(os.environ, BQX_PG_DSN=bench.dsn)
+        command = ["/usr/bin/time", "-v", sys.executable, str(PROJECT_DIR / "python" / "build_datasets.py"), "--out", tmp, "--no-progress"]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(1)
+        peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+        print(done.stdout)
+    size = f"{size_label(months, bench.pairs)}, {bench.rows:,} bars"
+    record("builder.wall.s", wall, "s", f"python/build_datasets.py, cold (extraction, validation incl. look-ahead rebuilds, selection, datasets, models, report), {size} (goal at FX-year: ≤ 300 s)")
+    record("builder.peak_rss.mib", peak_kib / 1024, "MiB", f"peak RSS of the builder (/usr/bin/time -v), {size} (goal at FX-year: ≤ 4096 MiB)")
+    steps = re.search(r"wall time per step: (.+)", done.stdout)
+    for step, seconds in re.findall(r"([a-z][a-z ]*?) ([0-9.]+) s(?:,|$)", steps.group(1) if steps else ""):
+        record(f"builder.step.{step.replace(' ', '_')}.s", float(seconds), "s", f"the builder's step '{step}' in that run (its closing note), {size}")
 
 
 if __name__ == "__main__":
