@@ -63,6 +63,16 @@ FORMAT = "1"  # a change of the file layout: files of another format are read ag
 _NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
 _PAIR = re.compile(r"[A-Z]{6}\Z")
 _RELATION = re.compile(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*\Z")
+# A model's build record of a pair as one text (build_state.model_pairs as `state`, joined with
+# build_state.model_vars as `vars`): what changes whenever a build rewrites rows of the pair.
+# Instants as epoch seconds: the same text whatever the session's TimeZone (and a full build's
+# rewrite from -infinity, which Python's datetime cannot hold, stays text). The dataset builder's
+# extraction fingerprint (bqx.datasets.extract) uses it too.
+BUILD_RECORD_SQL = (
+    "concat_ws('|', state.invocation_id, extract(epoch from state.built_at),"
+    " extract(epoch from state.rewrote_from_ts), extract(epoch from state.rewrote_to_ts),"
+    " extract(epoch from state.last_built_ts), state.rows_written, vars.vars)"
+)
 
 
 @dataclass(frozen=True)
@@ -121,9 +131,7 @@ def read_states(cursor: Any, pairs: Sequence[str], relations: Sequence[tuple[str
         select
             wanted_pairs.pair::text,
             wanted_relations.relation::text,
-            concat_ws('|', state.invocation_id, extract(epoch from state.built_at),
-                extract(epoch from state.rewrote_from_ts), extract(epoch from state.rewrote_to_ts),
-                extract(epoch from state.last_built_ts), state.rows_written, vars.vars,
+            concat_ws('|', {BUILD_RECORD_SQL},
                 pg_relation_filenode(wanted_relations.relation::regclass))::text as stamp,
             (extract(epoch from newest.ts_utc) * 1000000)::int8 as last_ts_us
         from (values {pair_list}) as wanted_pairs (pair)

@@ -411,13 +411,18 @@ def _feature_names(cursor: Any, options: AsOfOptions) -> list[str]:
     return [column.matrix_column for column in feature_catalog().features]
 
 
+def _why(err: Exception) -> str:
+    """An OS error's reason without its path (the message names the folder), else the message."""
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+
+
 def _mirror_plan(
     cursor: Any, pairs: Sequence[str], feature_names: Sequence[str], options: AsOfOptions, dsn: str, progress: bool
 ) -> Any:
-    import shutil
-
     """Bring the mirror files the retrieval needs up to date (bqx.feature_mirror: stamps read in
     one query, stale files read again, all in one repeatable-read snapshot) and say what to read."""
+    import shutil
+
     from bqx import feature_mirror as mirror
     from bqx.catalog import feature_catalog
     from bqx.safe_files import UnsafePathError
@@ -438,8 +443,7 @@ def _mirror_plan(
     try:
         folder = mirror.database_folder(root, cursor, f"{parts.get('host', '')}|{parts.get('port', '')}|{parts.get('dbname', '')}")
     except (OSError, UnsafePathError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise RetrievalError(f"cannot make the mirror's folder {root}: {reason}; use --method index, or another folder") from None
+        raise RetrievalError(f"cannot make the mirror's folder {root}: {_why(err)}; use --method index, or another folder") from None
     relations = [mirror.M1_INDEX, *((relation, relation.split(".", 1)[1]) for relation in feature_relations)]
     needed = [relation for relation, _ in relations] + ["build_state.model_pairs", "build_state.model_vars"]
     cursor.execute(
@@ -474,9 +478,8 @@ def _mirror_plan(
         try:
             mirror.refresh(cursor, folder, pair, relation, wanted, states[(pair, relation)])
         except (OSError, UnsafePathError) as err:  # a full disk, a read-only folder: no file is left half-written
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             raise RetrievalError(
-                f"cannot write the mirror's file of {pair} {relation} in {folder}: {reason}; free space there or use --method index"
+                f"cannot write the mirror's file of {pair} {relation} in {folder}: {_why(err)}; free space there or use --method index"
             ) from None
         if bar is not None:
             bar.update()

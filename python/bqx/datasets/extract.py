@@ -52,6 +52,7 @@ from psycopg import sql
 from bqx import pgcopy
 from bqx.datasets.files import atomic_write_text, temporary_path
 from bqx.datasets.options import DatasetError
+from bqx.feature_mirror import BUILD_RECORD_SQL
 
 # Version of what an extracted file holds: a change here re-extracts every pair.
 EXTRACT_FORMAT = 2
@@ -184,14 +185,10 @@ def source_fingerprint(conn: psycopg.Connection, pair: str, end_ts: dt.datetime,
         "select extract(epoch from baseline_ts), baseline_rate from staging.baseline_rates where pair = %s", (pair,)
     ).fetchone()
     digest.update(f"baseline {baseline}\n".encode())
-    # instants as epoch seconds: the same text whatever the session's TimeZone (and a full build's
-    # rewrite from -infinity, which Python's datetime cannot hold, stays text); every model's
-    # record of the pair in one query
+    # every model's record of the pair in one query (its text: feature_mirror.BUILD_RECORD_SQL)
     records = dict(
         conn.execute(
-            "select state.model, concat_ws('|', state.invocation_id, extract(epoch from state.built_at),"
-            " extract(epoch from state.rewrote_from_ts), extract(epoch from state.rewrote_to_ts),"
-            " extract(epoch from state.last_built_ts), state.rows_written, vars.vars)"
+            f"select state.model, {BUILD_RECORD_SQL}"
             " from build_state.model_pairs as state left join build_state.model_vars as vars on vars.model = state.model"
             " where state.pair = %s and state.model = any(%s)",
             (pair, model_names),
