@@ -55,68 +55,104 @@ where not coalesce({{ expression }}, false)
 {% endtest %}
 
 
-{#- The column is NULL exactly on each pair's last `bars` rows and nowhere else: a target at t
-    reads the `bars` bars after t, so it exists exactly where they do. One scan of the rows tested:
-    a row with `bars` or more tested rows after it must hold a value; for the others (at most
-    `bars` per pair and tested range) the bars after them are counted in m1_index by position
-    (bar_number), since on an incremental build only the rewritten range is tested and a
-    correction in the middle of the data rewrites a range that ends before the pair's end. -#}
-{% test null_on_last_bars(model, column_name, bars) %}
+{#- Each column of `bars_by_column` (a mapping column -> bars) is NULL exactly on each pair's last
+    `bars` rows and nowhere else: a target at t reads the `bars` bars after t, so it exists exactly
+    where they do. One scan of the rows tested for every column (a test per column read the table
+    once each: four scans of the targets). A row with the longest `bars` or more tested rows after
+    it must hold every value, so only its NULLs are judged; for the others (at most that many per
+    pair and tested range) the bars after them are counted in m1_index by position (bar_number),
+    since on an incremental build only the rewritten range is tested and a correction in the
+    middle of the data rewrites a range that ends before the pair's end. A row with fewer than a
+    column's `bars` tested rows after it is judged by m1_index for that column; with more, it must
+    hold a value. A failing row names every column wrong there. -#}
+{% test null_on_last_bars(model, bars_by_column) %}
 {#- not ref(): a test that ref()s m1_index would be selected whenever m1_index is (macros/shared) -#}
 {%- set bar_positions = market_index_relation() -%}
+{%- set columns = bars_by_column | list -%}
+{%- set longest = bars_by_column.values() | max -%}
+{%- set horizons = bars_by_column.values() | unique | sort | list -%}
 with numbered_from_the_end as (
     select
         pair,
         ts_utc,
-        {{ column_name }} is null as value_is_null,
+        {%- for column in columns %}
+        {{ column }} is null as {{ column }}_is_null,
+        {%- endfor %}
         row_number() over (partition by pair order by ts_utc desc) as tested_rows_from_the_end
     from {{ model }}
 ),
 
-near_the_end as (
+judged_rows as (
+    -- far from the end: only a NULL can be wrong (every horizon's bars follow in the rows tested)
+    select
+        pair,
+        ts_utc,
+        {%- for column in columns %}
+        {{ column }}_is_null,
+        {%- endfor %}
+        false as without_bar
+        {%- for bars in horizons %},
+        false as fewer_than_{{ bars }}_after
+        {%- endfor %}
+    from numbered_from_the_end
+    where
+        tested_rows_from_the_end > {{ longest }}
+        and ({% for column in columns %}{{ column }}_is_null{{ ' or ' if not loop.last }}{% endfor %})
+    union all
+    -- near the end: the bars after the row, counted in m1_index
     select
         numbered_from_the_end.pair,
         numbered_from_the_end.ts_utc,
-        numbered_from_the_end.value_is_null,
-        -- NULL: the row has no bar in m1_index (an orphan row: a failure of its own)
-        case when this_bar.pair is not null then bars_after.bar_number is null end as fewer_bars_after
+        {%- for column in columns %}
+        numbered_from_the_end.{{ column }}_is_null,
+        {%- endfor %}
+        -- an orphan row (no bar in m1_index at its minute) is a failure of its own
+        this_bar.pair is null as without_bar
+        {%- for bars in horizons %},
+        case
+            when numbered_from_the_end.tested_rows_from_the_end > {{ bars }} then false
+            else bars_after_{{ bars }}.bar_number is null
+        end as fewer_than_{{ bars }}_after
+        {%- endfor %}
     from numbered_from_the_end
     left join {{ bar_positions }} as this_bar
         on
             numbered_from_the_end.pair = this_bar.pair
             and numbered_from_the_end.ts_utc = this_bar.ts_utc
-    left join {{ bar_positions }} as bars_after
+    {%- for bars in horizons %}
+    left join {{ bar_positions }} as bars_after_{{ bars }}
         on
-            this_bar.pair = bars_after.pair
-            and bars_after.bar_number = this_bar.bar_number + {{ bars }}
-    where numbered_from_the_end.tested_rows_from_the_end <= {{ bars }}
+            this_bar.pair = bars_after_{{ bars }}.pair
+            and bars_after_{{ bars }}.bar_number = this_bar.bar_number + {{ bars }}
+    {%- endfor %}
+    where numbered_from_the_end.tested_rows_from_the_end <= {{ longest }}
 ),
 
-judged_rows as (
+row_failures as (
     select
         pair,
         ts_utc,
-        value_is_null,
-        false as fewer_bars_after
-    from numbered_from_the_end
-    where tested_rows_from_the_end > {{ bars }}
-    union all
-    select
-        pair,
-        ts_utc,
-        value_is_null,
-        fewer_bars_after
-    from near_the_end
+        case
+            when without_bar then 'no bar of m1_index at this minute'
+            else concat_ws(
+                '; '
+                {%- for column, bars in bars_by_column.items() %},
+                case
+                    when {{ column }}_is_null and not fewer_than_{{ bars }}_after
+                        then '{{ column }}: NULL with {{ bars }} bars or more after it'
+                    when not {{ column }}_is_null and fewer_than_{{ bars }}_after
+                        then '{{ column }}: a value with fewer than {{ bars }} bars after it'
+                end
+                {%- endfor %}
+            )
+        end as failure
+    from judged_rows
 )
 
 select
     pair,
     ts_utc,
-    case
-        when fewer_bars_after is null then 'no bar of m1_index at this minute'
-        when value_is_null then 'NULL with {{ bars }} bars or more after it'
-        else 'a value with fewer than {{ bars }} bars after it'
-    end as failure
-from judged_rows
-where fewer_bars_after is null or value_is_null <> fewer_bars_after
+    failure
+from row_failures
+where failure <> ''
 {% endtest %}

@@ -1,4 +1,5 @@
-"""The targets' `null_on_last_bars` test (macros/tests/generic_tests.sql) on an incremental
+"""The targets' `null_on_last_bars` test (macros/tests/generic_tests.sql: every target column in one
+scan) on an incremental
 `dbt build` after a correction in the middle of the data: the build rewrites a range that ends
 before the pair's end and tests only that range, so "the last bars" must be counted to the
 pair's end (in m1_index), not to the end of the range tested."""
@@ -41,15 +42,52 @@ def test_targets_tested_on_a_corrected_range_count_bars_to_the_pairs_end(
     assert len(increments) == 1 and increments[0][1] >= CORRECTED, increments
 
     # the compiled test of the rows that build wrote still catches a wrong NULL inside them
-    (path,) = sorted((target / "compiled").rglob("null_on_last_bars_targets_15__target_bqx_h15.sql"))
+    (path,) = sorted((target / "compiled").rglob("null_on_last_bars_targets_*.sql"))
     test_sql = path.read_text()
     assert "build_state.model_pairs" in test_sql
     with psycopg.connect(dsn) as conn:
         assert conn.execute(f"select count(*) from ({test_sql}) as failures").fetchone()[0] == 0
         conn.execute(
-            "update marts.targets set target_bqx_h15 = null where pair = 'EURUSD' and ts_utc = %s", (CORRECTED,)
+            "update marts.targets set target_bqx_h15 = null, target_bqx_h60 = null where pair = 'EURUSD' and ts_utc = %s",
+            (CORRECTED,),
         )
         failures = conn.execute(f"select pair, ts_utc, failure from ({test_sql}) as failures").fetchall()
     assert [(pair, pd.Timestamp(ts), failure) for pair, ts, failure in failures] == [
-        ("EURUSD", CORRECTED, "NULL with 15 bars or more after it")
+        (
+            "EURUSD",
+            CORRECTED,
+            "target_bqx_h15: NULL with 15 bars or more after it; target_bqx_h60: NULL with 60 bars or more after it",
+        )
     ]
+
+
+def test_targets_test_on_the_whole_table_judges_every_target_in_one_scan(
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_runner: Callable[..., Path]
+) -> None:
+    dsn, _ = built_pairs_database(database_factory, dbt_runner, fixture_bars, "target_tests_full", PAIRS, "+targets")
+    target = dbt_runner(dsn, "compile", "--select", "targets")
+    (path,) = sorted((target / "compiled").rglob("null_on_last_bars_targets_*.sql"))
+    test_sql = path.read_text()
+    assert "build_state.model_pairs" not in test_sql and test_sql.count("from marts.targets") + test_sql.count('"marts"."targets"') == 1
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(f"select count(*) from ({test_sql}) as failures").fetchone()[0] == 0
+        last_bar = conn.execute("select max(ts_utc) from marts.targets where pair = 'USDJPY'").fetchone()[0]
+        # a value where fewer than 60 bars follow, a NULL 40 bars before the end (30 bars follow),
+        # and a row after the pair's last bar of m1_index
+        conn.execute("update marts.targets set target_bqx_h60 = 0.5 where pair = 'USDJPY' and ts_utc = %s", (last_bar,))
+        conn.execute(
+            "update marts.targets set target_bqx_h30 = null where pair = 'USDJPY' and ts_utc = "
+            "(select ts_utc from staging.m1_index where pair = 'USDJPY' order by ts_utc desc offset 40 limit 1)"
+        )
+        conn.execute(
+            "insert into marts.targets (pair, ts_utc) select pair, max(ts_utc) + interval '1 minute' "
+            "from marts.targets where pair = 'EURUSD' group by pair"
+        )
+        failures = conn.execute(f"select pair, ts_utc, failure from ({test_sql}) as failures order by pair, ts_utc").fetchall()
+    assert [(pair, failure) for pair, _, failure in failures if pair == "USDJPY"] == [
+        ("USDJPY", "target_bqx_h30: NULL with 30 bars or more after it"),
+        ("USDJPY", "target_bqx_h60: a value with fewer than 60 bars after it"),
+    ]
+    # the orphan row is named (the rows before it then count one row too many after them: they
+    # fail too, as they did with a test per column)
+    assert [failure for pair, _, failure in failures if pair == "EURUSD"][-1] == "no bar of m1_index at this minute"

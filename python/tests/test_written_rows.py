@@ -77,3 +77,38 @@ def test_the_warmup_test_of_an_incremental_build_checks_the_rows_it_wrote(
     ], failures
     assert pd.Timestamp(failures[0][1]) == written
     assert "NULL after its warm-up" in failures[0][2]
+
+
+def test_the_warmup_test_of_a_whole_table_judges_only_rows_that_can_fail_and_misses_none(
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_parse_cache: Path, tmp_path: Path
+) -> None:
+    """The whole-table form skips rows past every warm-up without a NULL (most rows) before its
+    per-column verdicts: a value inside a warm-up, a NULL after it and a NULL its rule allows are
+    still judged as before."""
+    dsn = database_factory("warmup_whole_table")
+    load_frame(dsn, fixture_bars[fixture_bars["pair"].isin(PAIRS)], "bars")
+    target = tmp_path / "full"
+    _dbt(dsn, target, dbt_parse_cache, "build", "--select", "+statistics_bqx")
+    sql = _compiled_test(target, "warmup_nulls_statistics_bqx_")
+    assert "row_number()" in sql and "num_nulls(" in sql
+    assert _failures(dsn, sql) == []
+    with psycopg.connect(dsn) as conn:
+        positions = conn.execute(
+            "select ts_utc from features.statistics_bqx where pair = 'USDJPY' order by ts_utc"
+        ).fetchall()
+        early, late, flat = positions[2][0], positions[5000][0], positions[6000][0]
+        # bar 3 is inside mean_w15's warm-up (the bqx series' warm-up plus 14 bars)
+        conn.execute("update features.statistics_bqx set mean_w15 = 1 where pair = 'USDJPY' and ts_utc = %s", (early,))
+        conn.execute("update features.statistics_bqx set max_w75 = null where pair = 'USDJPY' and ts_utc = %s", (late,))
+        # skew is allowed to be NULL where std is 0 (a flat window), and only there
+        conn.execute(
+            "update features.statistics_bqx set skew_w30 = null, std_w30 = 0 where pair = 'USDJPY' and ts_utc = %s", (flat,)
+        )
+        conn.execute("update features.statistics_bqx set skew_w45 = null where pair = 'USDJPY' and ts_utc = %s", (flat,))
+    failures = _failures(dsn, sql)
+    # the warm-ups' lengths come from the registry: the messages are compared up to them
+    assert [(pd.Timestamp(ts), failure.split(" of ")[0]) for _, ts, failure in failures] == [
+        (pd.Timestamp(early), "mean_w15: a value inside its warm-up"),
+        (pd.Timestamp(late), "max_w75: NULL after its warm-up"),
+        (pd.Timestamp(flat), "skew_w45: NULL after its warm-up"),
+    ], failures
