@@ -64,3 +64,24 @@ def test_unique_test_trusts_a_valid_unique_index_and_scans_without_one(
     failures = _failures(dsn, test_sql)
     assert [(pair, copies) for pair, _ts, copies in failures] == [("USDJPY", 2)]
     assert _scanned_rows(dsn, test_sql) == rows + 1
+
+
+def test_the_sources_unique_test_is_its_primary_key_on_the_partitioned_table(
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, dbt_runner: Callable[..., Path]
+) -> None:
+    """raw.m1_bars is partitioned by month: its primary key (a partitioned index, valid once
+    every partition has its own) guards it, so the test of (pair, ts_utc) reads no bar; the view
+    stg_m1_bars carries no test of its own (a filter and lossless casts cannot repeat a key)."""
+    dsn, _ = built_pairs_database(database_factory, dbt_runner, fixture_bars, "unique_source", PAIRS, "stg_m1_bars")
+    target = dbt_runner(dsn, "test", "--select", "source:raw.m1_bars", "stg_m1_bars")
+    assert not sorted((target / "compiled").rglob("unique_combination_of_columns_stg_m1_bars*.sql"))
+    (path,) = sorted((target / "compiled").rglob("source_unique_combination_of_columns_raw_m1_bars_pair__ts_utc.sql"))
+    test_sql = path.read_text()
+    with psycopg.connect(dsn) as conn:
+        plan = conn.execute(f"explain (analyze, format json) {test_sql}").fetchone()[0][0]["Plan"]
+
+    def bars_read(node: dict) -> int:
+        own = node.get("Actual Rows", 0) if str(node.get("Relation Name", "")).startswith("m1_bars") else 0
+        return own + sum(bars_read(child) for child in node.get("Plans", []))
+
+    assert _failures(dsn, test_sql) == [] and bars_read(plan) == 0
