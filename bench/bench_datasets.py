@@ -261,7 +261,6 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
         )  # fmt: skip
 
 
-
 def _builder(bench: Any, months: int) -> None:
     """Part 2 of the module doc: the whole builder, cold, under /usr/bin/time -v."""
     with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:

@@ -1,8 +1,8 @@
-"""The targets' `null_on_last_bars` test (macros/tests/generic_tests.sql: every target column in one
-scan) on an incremental
-`dbt build` after a correction in the middle of the data: the build rewrites a range that ends
-before the pair's end and tests only that range, so "the last bars" must be counted to the
-pair's end (in m1_index), not to the end of the range tested."""
+"""The targets' `null_on_last_bars` test (macros/tests/generic_tests.sql: every target column in
+one scan). On an incremental `dbt build` after a correction in the middle of the data, the build
+rewrites a range that ends before the pair's end and tests only that range, so "the last bars"
+must be counted to the pair's end (in m1_index), not to the end of the range tested; on the whole
+table, NULLs far from the end, values near it and orphan rows are each named."""
 
 from __future__ import annotations
 
@@ -72,8 +72,13 @@ def test_targets_test_on_the_whole_table_judges_every_target_in_one_scan(
     with psycopg.connect(dsn) as conn:
         assert conn.execute(f"select count(*) from ({test_sql}) as failures").fetchone()[0] == 0
         last_bar = conn.execute("select max(ts_utc) from marts.targets where pair = 'USDJPY'").fetchone()[0]
-        # a value where fewer than 60 bars follow, a NULL 40 bars before the end (30 bars follow),
-        # and a row after the pair's last bar of m1_index
+        # a NULL far from the end (judged without looking at m1_index), a value where fewer than
+        # 60 bars follow, a NULL 40 bars before the end (30 bars follow), and a row after the
+        # pair's last bar of m1_index
+        conn.execute(
+            "update marts.targets set target_bqx_h45 = null where pair = 'USDJPY' and ts_utc = "
+            "(select ts_utc from staging.m1_index where pair = 'USDJPY' order by ts_utc offset 1000 limit 1)"
+        )
         conn.execute("update marts.targets set target_bqx_h60 = 0.5 where pair = 'USDJPY' and ts_utc = %s", (last_bar,))
         conn.execute(
             "update marts.targets set target_bqx_h30 = null where pair = 'USDJPY' and ts_utc = "
@@ -85,6 +90,7 @@ def test_targets_test_on_the_whole_table_judges_every_target_in_one_scan(
         )
         failures = conn.execute(f"select pair, ts_utc, failure from ({test_sql}) as failures order by pair, ts_utc").fetchall()
     assert [(pair, failure) for pair, _, failure in failures if pair == "USDJPY"] == [
+        ("USDJPY", "target_bqx_h45: NULL with 45 bars or more after it"),
         ("USDJPY", "target_bqx_h30: NULL with 30 bars or more after it"),
         ("USDJPY", "target_bqx_h60: a value with fewer than 60 bars after it"),
     ]

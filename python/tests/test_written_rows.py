@@ -5,6 +5,7 @@ against its absolute position (m1_index.bar_number) and the written ranges for s
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -105,10 +106,38 @@ def test_the_warmup_test_of_a_whole_table_judges_only_rows_that_can_fail_and_mis
             "update features.statistics_bqx set skew_w30 = null, std_w30 = 0 where pair = 'USDJPY' and ts_utc = %s", (flat,)
         )
         conn.execute("update features.statistics_bqx set skew_w45 = null where pair = 'USDJPY' and ts_utc = %s", (flat,))
+        # the last bar of the longest warm-up with every NULL there filled in: a row without a NULL
+        # that only its position lets through to the verdicts
+        columns = [
+            name
+            for (name,) in conn.execute(
+                "select column_name from information_schema.columns where table_schema = 'features' "
+                "and table_name = 'statistics_bqx' and column_name not in ('pair', 'ts_utc') order by ordinal_position"
+            ).fetchall()
+        ]
+        rows = conn.execute(
+            f"select ts_utc, num_nulls({', '.join(columns)}) from features.statistics_bqx "
+            "where pair = 'USDJPY' order by ts_utc limit 1000"
+        ).fetchall()
+        last_warmup = max(index for index, (_, nulls) in enumerate(rows) if nulls > 0)
+        filled = [
+            name
+            for name in columns
+            if conn.execute(
+                f"select {name} is null from features.statistics_bqx where pair = 'USDJPY' and ts_utc = %s",
+                (rows[last_warmup][0],),
+            ).fetchone()[0]
+        ]
+        conn.execute(
+            f"update features.statistics_bqx set {', '.join(f'{name} = 1' for name in filled)} "
+            "where pair = 'USDJPY' and ts_utc = %s",
+            (rows[last_warmup][0],),
+        )
     failures = _failures(dsn, sql)
     # the warm-ups' lengths come from the registry: the messages are compared up to them
-    assert [(pd.Timestamp(ts), failure.split(" of ")[0]) for _, ts, failure in failures] == [
+    assert [(pd.Timestamp(ts), re.sub(r" of \d+ bars", "", failure)) for _, ts, failure in failures] == [
         (pd.Timestamp(early), "mean_w15: a value inside its warm-up"),
+        (pd.Timestamp(rows[last_warmup][0]), "; ".join(f"{name}: a value inside its warm-up" for name in filled)),
         (pd.Timestamp(late), "max_w75: NULL after its warm-up"),
         (pd.Timestamp(flat), "skew_w45: NULL after its warm-up"),
     ], failures
