@@ -8,11 +8,15 @@ model read (features.bqx), so these tests check this family's maths, not the bqx
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from reference import VARS, complete_windows, flat_window_rows
-from reference import assert_every_window_matches, assert_warm_up_then_values, domain_model_fixture
+from reference import assert_every_window_matches, assert_warm_up_then_values, domain_model_fixture, model_with_series
 
 WINDOWS: list[int] = VARS["rolling_windows"]
 METRICS = ["mean", "std", "skew", "kurt", "min", "max"]
@@ -72,3 +76,29 @@ def test_flat_stretch_gives_zero_std_and_null_skew_kurt(built: tuple[str, pd.Dat
         assert (flat_rows[f"min_w{w}"] == flat_rows[f"max_w{w}"]).all()
         assert np.allclose(flat_rows[f"mean_w{w}"], flat_rows[f"min_w{w}"], rtol=1e-15, atol=0)
     assert tested == len(WINDOWS)
+
+
+# Windows whose segments (W_i - W_(i-1): 4, 1, 4, 11, 12) differ in length, one of them a single
+# bar: window_deviation_sums_ctes then reads blocks of four lengths at five offsets, a shape the
+# default windows (every segment 15 bars) never build.
+UNEVEN_WINDOWS = [4, 5, 9, 20, 32]
+
+
+def test_uneven_windows_match_numpy(
+    database_factory: Callable[[str], str], fixture_bars: pd.DataFrame, tmp_path: Path
+) -> None:
+    """statistics_rate built with var rolling_windows = UNEVEN_WINDOWS equals NumPy on every window."""
+    from bqx.dbt import run_dbt
+    from bqx.load import load_frame
+
+    dsn = database_factory("uneven_windows")
+    load_frame(dsn, fixture_bars, "bars")
+    # its own target folder and no shared parse cache: other vars mean a parse of their own
+    done = run_dbt(["run", "--select", "+statistics_rate", "--vars", json.dumps({"rolling_windows": UNEVEN_WINDOWS})],
+                   dsn, target_path=tmp_path / "target", capture=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:]
+    columns = [f"{metric}_w{w}" for w in UNEVEN_WINDOWS for metric in METRICS]
+    merged = model_with_series(dsn, "statistics_rate", "rate", columns)
+    assert_every_window_matches(
+        "statistics", ("rate", merged), UNEVEN_WINDOWS, METRICS, lambda y, w, domain: statistics_reference(y, w)
+    )
