@@ -71,7 +71,10 @@ bollinger_moments as (
                 then sqrt(greatest(bollinger_sums.dev_sum_2_w{{ window }} / {{ window }}.0 - ({{ s }}) * ({{ s }}), 0))
         end as sigma_w{{ window }}
         {%- endfor %}
+        {{- planner_fence_column('bollinger_sums') }}
     from bollinger_sums
+    -- the bands read sigma and the shift five times each: computed once
+    {{ planner_fence() }}
 ),
 
 bollinger_bands as (

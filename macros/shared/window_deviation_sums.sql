@@ -31,7 +31,8 @@
     × (max_power + 2, + 2 with extremes) lags, against max W − 1 lags summed term by term before
     (statistics: 42 lags and ~300 float8 operations instead of 74 lags and ~750).
     The fences (planner_fence) keep the planner from inlining a CTE's expressions into every
-    expression (or lag) that reads them, which would recompute them per use.
+    expression (or lag) that reads them, which would recompute them per use: the families read
+    each window sum several times (the shift s = Σd/W alone up to ten times in the kurtosis).
 -#}
 {% macro window_deviation_sums_ctes(prefix, rows_cte, series, windows, max_power, with_extremes=false) -%}
 {%- if max_power < 1 or max_power > 4 -%}
@@ -205,6 +206,8 @@
         ) as window_max_w{{ segment.window }}
         {%- endif %}
         {%- endfor %}
+        {{- planner_fence_column(prefix ~ '_shifted') }}
     from {{ prefix }}_shifted
+    {{ planner_fence() }}
 )
 {%- endmacro %}
