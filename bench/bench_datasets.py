@@ -7,8 +7,11 @@ its database (bench/run.py runs one script at a time).
 1. Extraction of every feature column and every target, per pair (BENCH_EXTRACT_PAIRS pairs, the
    same rows for each reader), best of REPEAT:
    - `relations_pgcopy`: the builder's reader (bqx.datasets.extract.read_rows): each feature
-     model's and marts.targets' rows of the pair by index, as binary COPY decoded by bqx.pgcopy
-     into NumPy, on two connections at once, put side by side in Arrow (keys checked, NULLs kept);
+     model's and marts.targets' rows of the pair by index, each column packed by the server into
+     one field (string_agg of the values' binary form) and decoded by bqx.pgcopy into NumPy, on
+     two connections at once, put side by side in Arrow (keys checked, NULLs kept);
+   - `relations_rowcopy`: the builder's reader before that: the same reads as one binary COPY
+     row per bar (one message each), decoded by bqx.pgcopy.read_fixed_rows;
    - `builder_parquet`: the builder's whole extraction step, the above plus the float32 decision,
      the casts and the zstd Parquet file per pair;
    - `relations_adbc`: the same per-relation reads (same two connections, same threads, keys
@@ -73,9 +76,45 @@ def relations_pgcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCat
     return rows
 
 
+def relations_rowcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> int:
+    """The builder's reads as one COPY row per bar (never-NULL float8 + NULL count, as the packed
+    reader sends them), decoded by read_fixed_rows, two connections; returns the rows read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bqx import pgcopy
+
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(ex.connect(dsn)) for _ in range(ex.READ_CONNECTIONS)]
+        relations = ex.plan_relations(conns[0], catalog)
+        groups = [relations[i :: len(conns)] for i in range(len(conns))]
+        for source in sources:
+            keys = ex.read_keys_between(conns[0], source.pair, source.first_ts, source.last_ts)
+            for start in range(0, keys.size, ex.ROW_GROUP_ROWS):
+                chunk = keys[start : start + ex.ROW_GROUP_ROWS]
+                first, last = (dt.datetime.fromtimestamp(int(us) / 1e6, dt.UTC) for us in (chunk[0], chunk[-1]))
+
+                def read_group(index: int) -> int:
+                    for relation in groups[index]:
+                        query = sql.SQL("select ts_utc, num_nulls({}), {} from {} where pair = {} and ts_utc >= {} and ts_utc <= {} order by ts_utc").format(
+                            sql.SQL(", ").join(sql.Identifier(c) for c in relation.columns),
+                            sql.SQL(", ").join(ex._as_float8(c, t) for c, t in zip(relation.columns, relation.sql_types)),
+                            sql.Identifier(*relation.name.split(".")),
+                            sql.Literal(source.pair), sql.Literal(first), sql.Literal(last),
+                        )  # fmt: skip
+                        ts, *_ = pgcopy.read_copy(conns[index], query.as_string(conns[index]), [">i8", ">i4", *([">f8"] * len(relation.columns))])
+                        if ts.size != chunk.size or (ts + pgcopy.PG_EPOCH_US != chunk).any():
+                            raise RuntimeError(f"{relation.name}: keys differ")
+                    return chunk.size
+
+                with ThreadPoolExecutor(len(conns)) as pool:
+                    rows += min(pool.map(read_group, range(len(conns))))
+    return rows
+
+
 def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> float | None:
-    """The server's side alone: the builder's per-relation queries as binary COPY read and thrown
-    away (no decoding), one connection; returns the backend's CPU seconds (/proc/<pid>/stat, user
+    """The server's side alone: the builder's per-relation queries (packed columns) as binary COPY
+    read and thrown away (no decoding), one connection; returns the backend's CPU seconds (/proc/<pid>/stat, user
     + system), or None when the server is not on this machine. PostgreSQL produces COPY output
     on one core per connection, so rows ÷ (these seconds ÷ cores) is the most any reader can get
     out of this machine with every core producing COPY output and none left for decoding."""
@@ -218,6 +257,7 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
         readers = {
             "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
             "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
+            "relations_rowcopy": lambda: relations_rowcopy(bench.dsn, sources, catalog),
             "relations_adbc": lambda: relations_adbc(bench.dsn, sources, catalog),
             "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
             "view_pgcopy": lambda: view_pgcopy(bench.dsn, sources, catalog, features, targets),
@@ -227,7 +267,8 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
             seconds[name], _ = best_of(REPEAT, action)
     what = f"{len(sources)} pairs × {months} month{'s' if months != 1 else ''} ({BENCH_START:%Y-%m-%d} .. {months_later(BENCH_START, months):%Y-%m-%d}), {rows:,} rows × {width} columns, best of {REPEAT}"
     labels = {
-        "relations_pgcopy": "the builder's reader: each relation by index, binary COPY decoded by bqx.pgcopy, two connections, side by side in Arrow",
+        "relations_pgcopy": "the builder's reader: each relation by index, its columns packed by the server (string_agg of each value's binary form) into one COPY row, decoded by bqx.pgcopy, two connections, side by side in Arrow",
+        "relations_rowcopy": "the builder's reader before the packed columns: each relation by index, one binary COPY row per bar decoded by bqx.pgcopy.read_fixed_rows, two connections",
         "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
         "relations_adbc": "each relation by index as the builder reads them, two connections, decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C)",
         "view_adbc": "the feature_matrix view joined with targets, ADBC PostgreSQL driver (binary COPY into Arrow in C)",
@@ -244,7 +285,7 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
         cores = os.cpu_count() or 1
         record(
             "extract.server_copy_ceiling.rows_per_s", rows / (server_cpu / cores), "rows/s",
-            f"the server's side alone: PostgreSQL's CPU time producing the builder's per-relation binary COPYs "
+            f"the server's side alone: PostgreSQL's CPU time producing the builder's per-relation packed COPYs "
             f"({server_cpu:.2f} s of backend CPU, read and thrown away, no decoding) spread over all {cores} cores: "
             f"the most any reader can extract on this machine ({rows * width / server_cpu:,.0f} values/s per core); {what} "
             f"(goal ≥ 100k rows/s at 300+ columns)",
@@ -259,6 +300,10 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
             f"extract.ratio.pgcopy_over_adbc.{source}", seconds[f"{source}_adbc"] / seconds[f"{source}_pgcopy"], "×",
             f"psycopg binary COPY + pgcopy vs ADBC, both reading {'per relation' if source == 'relations' else 'the view'} (> 1: pgcopy faster); same rows, same run; {what}",
         )  # fmt: skip
+    record(
+        "extract.ratio.packed_over_rowcopy", seconds["relations_rowcopy"] / seconds["relations_pgcopy"], "×",
+        f"the builder's reader, columns packed by the server, vs one COPY row per bar (> 1: packed faster); same rows, same run; {what}",
+    )  # fmt: skip
 
 
 def _builder(bench: Any, months: int) -> None:

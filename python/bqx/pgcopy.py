@@ -17,7 +17,9 @@ keep their order.
                "close": pgcopy.float8(close)}
     pgcopy.copy_into(conn, "raw.m1_bars", columns)
 
-`read_fixed_rows` decodes the other direction for rows of fixed-width, non-NULL fields.
+`read_fixed_rows` decodes the other direction for rows of fixed-width, non-NULL fields, and
+`read_packed_columns` a single row whose fields each hold one column's values packed end to end
+(the server's `string_agg(float8send(x), '')`): one message for many rows.
 """
 
 from __future__ import annotations
@@ -267,3 +269,49 @@ def read_copy(conn: psycopg.Connection, query: str, wire: Sequence[str | np.dtyp
         for chunk in copy:
             buffer += chunk
     return read_fixed_rows(buffer, wire)
+
+
+def packed(value: str, send_function: str) -> str:
+    """The SQL aggregate packing `value`'s rows end to end in their binary send form, e.g.
+    packed('x', 'float8send') = "string_agg(float8send(x), ''::bytea)" (a NULL input row is
+    skipped by string_agg: coalesce it first, or the columns' rows no longer line up)."""
+    return f"string_agg({send_function}({value}), ''::bytea)"
+
+
+def read_packed_columns(conn: psycopg.Connection, query: str, wire: Sequence[str | np.dtype]) -> list[np.ndarray]:
+    """The columns of `query`, a select of one row whose fields are each one column's values packed
+    end to end in their binary form (see `packed`; their widths in `wire`, e.g. ['>i8', '>f8']),
+    read with a binary COPY: one array per field, native byte order; a NULL field (no rows) is
+    an empty array.
+
+    Why: a COPY sends one message per row, and psycopg spends ~0.8 µs per message in Python
+    (measured: 4.6 s of client CPU for a pair-year's 6M rows of the feature relations, against
+    0.8 s for the same values packed); packed, the server pays for the aggregate instead (~25%
+    more of its CPU) and each value travels in 8 bytes instead of 12."""
+    buffer = bytearray()
+    with conn.cursor().copy(f"copy ({query}) to stdout (format binary)") as copy:
+        for chunk in copy:
+            buffer += chunk
+    view = memoryview(buffer)
+    if bytes(view[:11]) != HEADER[:11]:
+        raise ValueError("not a binary COPY stream (no PGCOPY signature)")
+    position = 19 + struct.unpack(">i", view[15:19])[0]
+    dtypes = [np.dtype(w) for w in wire]
+    (count,) = struct.unpack_from(">h", view, position)
+    if count != len(dtypes):
+        raise ValueError(f"the packed row has {count} fields, not {len(dtypes)}")
+    position += 2
+    columns = []
+    for i, dtype in enumerate(dtypes):
+        (length,) = struct.unpack_from(">i", view, position)
+        position += 4
+        if length == -1:
+            columns.append(np.zeros(0, dtype.newbyteorder("=")))
+            continue
+        if length % dtype.itemsize:
+            raise ValueError(f"field {i + 1} holds {length} bytes, not a whole number of {dtype.itemsize}-byte values")
+        columns.append(np.frombuffer(view, dtype, length // dtype.itemsize, position).astype(dtype.newbyteorder("=")))
+        position += length
+    if bytes(view[position:]) != TRAILER:
+        raise ValueError("more than one packed row (or no trailer): the query must aggregate to one row")
+    return columns

@@ -1,5 +1,6 @@
 """bqx.pgcopy: columns encoded by NumPy, COPYed into PostgreSQL and read back by psycopg (text
-protocol, an independent decoder), and the binary COPY output decoded by `read_fixed_rows`."""
+protocol, an independent decoder), and the binary COPY output decoded by `read_fixed_rows` and
+`read_packed_columns`."""
 
 from __future__ import annotations
 
@@ -120,6 +121,26 @@ def test_read_fixed_rows_decodes_copy_output(dsn: str) -> None:
     assert pair.tolist() == [b"GBPJPY"] * 500
     np.testing.assert_array_equal(ts + pgcopy.PG_EPOCH_US, data["ts"])
     np.testing.assert_array_equal(x, data["x"])  # NaN where NULL, every other bit exact
+
+
+def test_read_packed_columns_decodes_one_row_of_packed_columns(dsn: str) -> None:
+    data = sample(700)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(TABLE_DDL)
+        pgcopy.copy_into(conn, "copied", columns_of(data))
+        ordered = "(select ts, coalesce(n, -1) as n, coalesce(x, 'NaN') as x from copied order by id) as ordered"
+        query = f"select {pgcopy.packed('ts', 'timestamptz_send')}, {pgcopy.packed('n', 'int4send')}, {pgcopy.packed('x', 'float8send')} from {ordered}"
+        ts, n, x = pgcopy.read_packed_columns(conn, query, [">i8", ">i4", ">f8"])
+        empty = pgcopy.read_packed_columns(conn, f"select {pgcopy.packed('x', 'float8send')} from copied where false", [">f8"])
+        with pytest.raises(ValueError, match="more than one packed row"):
+            pgcopy.read_packed_columns(conn, f"select {pgcopy.packed('x', 'float8send')} from copied group by flag", [">f8"])
+        with pytest.raises(ValueError, match="not a whole number of 8-byte values"):
+            pgcopy.read_packed_columns(conn, f"select {pgcopy.packed('coalesce(n, 0)', 'int4send')} from copied where id = 0", [">f8"])
+        conn.rollback()
+    np.testing.assert_array_equal(ts + pgcopy.PG_EPOCH_US, data["ts"])
+    np.testing.assert_array_equal(n, np.where(data["n_null"], -1, data["n"]))
+    np.testing.assert_array_equal(x, data["x"])  # NaN where NULL, every other bit exact
+    assert x.dtype == np.float64 and x.dtype.isnative and empty[0].size == 0
 
 
 def test_mismatched_lengths_and_out_of_range_are_errors() -> None:
