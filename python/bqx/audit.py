@@ -97,6 +97,13 @@ class CompiledModel:
     select_sql: str
     increment: dict[str, Any] | None  # None: m1_index (its input is raw)
 
+    @property
+    def input_relation(self) -> str | None:
+        """The relation the model reads, as schema.table (the compiled name is database-qualified)."""
+        if self.increment is None:
+            return None
+        return ".".join(part.strip('"') for part in self.increment["input"].split(".")[-2:])
+
 
 def compiled_models(target: Path) -> list[CompiledModel]:
     """The incremental models' compiled SQL under `target` (after `dbt compile`), build order."""
@@ -126,8 +133,9 @@ def audit_target(dsn: str, project_dir: Path = PROJECT_DIR) -> Path:
     return project_dir / "target" / "audit" / key
 
 
-def compile_models(dsn: str, target: Path) -> list[CompiledModel]:
-    done = run_dbt(["compile", "--select", "tag:wave1"], dsn, target_path=target, capture=True)
+def compile_models(dsn: str, target: Path, dbt_vars: dict[str, Any] | None = None) -> list[CompiledModel]:
+    args = ["compile", "--select", "tag:wave1"] + (["--vars", json.dumps(dbt_vars)] if dbt_vars else [])
+    done = run_dbt(args, dsn, target_path=target, capture=True)
     if done.returncode != 0:
         raise RuntimeError(f"dbt compile failed:\n{done.stdout[-3000:]}")
     return compiled_models(target)

@@ -271,11 +271,46 @@ def test_planted_future_values_are_caught(built: Built, wave1_dsn: str, tmp_path
     extract = ex.load_extract(built.options.out / "features" / "pair=EURUSD")
     planted = _plant(extract, "bqx_w15", tmp_path / "planted", lambda v: np.concatenate([v[5:], v[-5:]]))
     cut = va.choose_cuts([planted], 1, catalog.longest_warmup_bars, seed=3)[0]
-    problems = va.check_lookahead(wave1_dsn, [planted], features, [cut], {}, tmp_path / "work", progress=False)
+    problems, _ = va.check_lookahead(wave1_dsn, [planted], features, [cut], {}, tmp_path / "work", progress=False)
     assert [(p.pair, p.column) for p in problems] == [("EURUSD", "bqx_w15")]
     assert "look-ahead" in problems[0].rule
     # the honest file passes the same rebuild
-    assert not va.check_lookahead(wave1_dsn, [extract], features, [cut], {}, tmp_path / "work", progress=False)
+    assert not va.check_lookahead(wave1_dsn, [extract], features, [cut], {}, tmp_path / "work", progress=False)[0]
+
+
+def test_lookahead_rebuild_holds_only_the_history_the_compared_rows_need(
+    database_factory: Callable[[str], str], dbt_runner: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three weeks of one pair after its baseline, with flat stretches (the close unchanged for
+    700 bars) where the rebuild's history begins: a cut at the last bar is rebuilt from the
+    baseline bar and a bounded history (not the whole pair) and equals the extraction; a history
+    shorter than the models declare makes the same rebuild differ (the bound is what makes it pass)."""
+    from bqx.generate import generate_bars
+    from bqx.load import load_frame
+
+    dsn = database_factory("lookahead_history")
+    bars = generate_bars(dt.date(2024, 7, 1), dt.date(2024, 7, 22), ["EURUSD"])
+    for back in (12_000, 9_500, 7_600):  # around where the history starts: the run and smoother rules reach past them
+        flat = bars.index[-back : -back + 700]
+        bars.loc[flat, ["open", "high", "low", "close"]] = bars.loc[flat[0], "close"]
+    load_frame(dsn, bars, "bars")
+    dbt_runner(dsn, "run", "--select", "tag:wave1")
+    catalog = feature_catalog(PROJECT_DIR)
+    features = [f.matrix_column for f in catalog.features]
+    with ex.connect(dsn) as conn:
+        sources = ex.describe_pairs(conn, ["EURUSD"], None, None, sorted({f.model for f in catalog.features}))
+    (extract,) = ex.extract_pairs(dsn, sources, catalog, tmp_path / "out", progress=False)
+    cut = va.Cut("EURUSD", int(pq.read_table(extract.path, columns=["ts_utc"]).column("ts_utc").cast(pa.int64()).to_numpy()[-1]))
+    problems, histories = va.check_lookahead(dsn, [extract], features, [cut], {}, tmp_path / "work", progress=False)
+    assert problems == []
+    history = histories[cut]
+    assert history.start_ts is not None and 7_200 < history.bars < extract.rows + extract.bars_before - 3_000
+    assert (history.start_bar - 1) % 3_150 == 0  # on every block grid (75 and 630 bars)
+
+    too_short = va.History(history.start_ts + dt.timedelta(days=4), 0, 0)
+    monkeypatch.setattr(va, "history_start", lambda conn, c, models: too_short)
+    problems, _ = va.check_lookahead(dsn, [extract], features, [cut], {}, tmp_path / "work", progress=False)
+    assert problems and all("older bars" in p.rule for p in problems)
 
 
 def test_nan_and_forbidden_nulls_are_caught(built: Built, wave1_dsn: str, tmp_path: Path) -> None:

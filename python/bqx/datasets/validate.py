@@ -11,14 +11,19 @@ Checks (warm-ups, NULL rules and targets come from the feature catalog, never re
 - no look-ahead, proved by recomputation: for a seeded sample of rows (`cuts`), the wave-1
   models are built in a scratch database from the bars of that pair cut at that row's minute,
   and the last rows up to the cut must equal the extracted ones. Cuts on different pairs share
-  one scratch build (each pair cut at its own minute), so N cuts cost ceil(N / pairs) builds of
-  only the cut pairs' history.
+  one scratch build (each pair cut at its own minute), so N cuts cost ceil(N / pairs) builds.
+  The scratch holds only the history the compared rows depend on (`history_start`): the pair's
+  baseline bar and its bars from a start found by the incremental builds' own definition of
+  "the history a row needs" (bqx_functions.increment_bounds, chained through each model's
+  input), so the proof costs the same on a month of bars as on ten years. A shorter history can
+  only make a rebuild differ, never hide a look-ahead (no bar after the cut exists there).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -266,8 +271,88 @@ def _rounds(cuts: Sequence[Cut]) -> list[list[Cut]]:
     return rounds
 
 
-def _scratch_build(dsn: str, cuts: Sequence[Cut], dbt_vars: dict[str, Any], work: Path) -> tuple[str, str]:
-    """A scratch database holding each cut pair's bars up to its cut, wave 1 built on them."""
+@dataclass(frozen=True)
+class History:
+    """What a cut's rebuild holds of its pair: the baseline bar and the bars from `start_ts`
+    (bar_number `start_bar`) to the cut; start_ts None: every bar from the baseline."""
+
+    start_ts: dt.datetime | None
+    start_bar: int
+    bars: int  # bars of the pair in the rebuild, the baseline bar included
+
+
+def history_start(conn: Any, cut: Cut, models: Sequence[Any]) -> History:
+    """The first bar the features of the COMPARE_BARS rows up to `cut` depend on, as a full build
+    computes them (`models`: bqx.audit.compiled_models, each with its incremental parameters):
+    - per model, bqx_functions.increment_bounds gives the first input bar that emitting those rows
+      reads (lookback, block grid and reference bars, and the technical smoothers' reach past a
+      flat run); a model reading another model (bqx) needs that model's rows from there, so the
+      bounds are chained down to m1_index; the earliest over all models;
+    - then back to the start of the unchanged-close run before the one holding that bar (the run
+      length of data_quality_features counts from the run's first bar, which a rebuild must hold,
+      after a bar whose close differs);
+    - then back to a bar_number ≡ 1 modulo every model's block grid: the baseline bar is bar 0 in
+      the rebuild and this bar bar 1, so the block-restarted running sums restart on the same bars
+      as in the full build and their roundings are the same.
+    Index probes on the source database (a few per model)."""
+    until = dt.datetime.fromtimestamp(cut.ts_us / 1e6, dt.UTC)
+    everything = conn.execute(
+        "select count(*) from staging.m1_index where pair = %s and ts_utc <= %s", (cut.pair, until)
+    ).fetchone()[0]
+    whole = History(None, 0, int(everything))
+    first_compared = conn.execute(
+        "select ts_utc from staging.m1_index where pair = %s and ts_utc <= %s order by ts_utc desc offset %s limit 1",
+        (cut.pair, until, COMPARE_BARS - 1),
+    ).fetchone()
+    if first_compared is None:
+        return whole
+    producers = {m.relation: m for m in models}
+
+    def read_from(model: Any, emit_from: dt.datetime) -> dt.datetime | None:
+        p = model.increment
+        row = conn.execute(
+            "select case when isfinite(bounds.read_from_ts) then bounds.read_from_ts end from bqx_functions.increment_bounds(%s::regclass, %s, %s, %s, %s, %s, %s, 0, 0, %s, %s::text[]) as bounds",
+            (model.input_relation, cut.pair, emit_from, until, int(p["lookback_bars"]), int(p["grid_bars"]), int(p["reference_bars"]), int(p["read_ahead_bars"]), p.get("moving_columns")),
+        ).fetchone()
+        return row[0] if row else None  # None: from the pair's first bar (-infinity)
+
+    def needed(model: Any, emit_from: dt.datetime) -> dt.datetime | None:
+        start = read_from(model, emit_from)
+        upstream = producers.get(model.input_relation)
+        if start is None or upstream is None or upstream.increment is None:
+            return start  # m1_index: its rows are the bars
+        return needed(upstream, start)
+
+    starts = [needed(m, first_compared[0]) for m in models if m.increment is not None]
+    if not starts or any(s is None for s in starts):
+        return whole
+    bar = conn.execute(
+        "select bar_number from staging.m1_index where pair = %s and ts_utc >= %s order by ts_utc limit 1", (cut.pair, min(starts))
+    ).fetchone()[0]
+    runs = conn.execute(
+        "select unchanged_close_run from features.data_quality_features as dq inner join staging.m1_index as bars using (pair, ts_utc)"
+        " where dq.pair = %s and bars.bar_number = %s",
+        (cut.pair, bar),
+    ).fetchone()
+    bar -= runs[0] if runs and runs[0] else 0  # the last bar of the run before
+    previous = conn.execute(
+        "select unchanged_close_run from features.data_quality_features as dq inner join staging.m1_index as bars using (pair, ts_utc)"
+        " where dq.pair = %s and bars.bar_number = %s",
+        (cut.pair, bar),
+    ).fetchone()
+    bar -= (previous[0] - 1) if previous and previous[0] else 0  # that run's first bar
+    grid = math.lcm(*(int(m.increment["grid_bars"]) for m in models if m.increment is not None))
+    bar -= (bar - 1) % grid
+    if bar <= 1:
+        return whole  # nothing to leave out
+    start_ts = conn.execute("select ts_utc from staging.m1_index where pair = %s and bar_number = %s", (cut.pair, bar)).fetchone()[0]
+    bars = conn.execute("select count(*) from staging.m1_index where pair = %s and ts_utc >= %s and ts_utc <= %s", (cut.pair, start_ts, until)).fetchone()[0]
+    return History(start_ts, bar, int(bars) + 1)
+
+
+def _scratch_build(dsn: str, cuts: Sequence[Cut], histories: dict[Cut, History], dbt_vars: dict[str, Any], work: Path) -> tuple[str, str]:
+    """A scratch database holding each cut pair's history up to its cut (its baseline bar and
+    the bars from the history's start, see `history_start`), wave 1 built on them."""
     import pandas as pd
 
     from bqx import server
@@ -288,9 +373,12 @@ def _scratch_build(dsn: str, cuts: Sequence[Cut], dbt_vars: dict[str, Any], work
         with connect(dsn) as conn:
             for cut in cuts:
                 until = dt.datetime.fromtimestamp(cut.ts_us / 1e6, dt.UTC)
+                start = histories[cut].start_ts
                 cur = conn.execute(
-                    "select pair, ts_utc, open, high, low, close, volume, spread from raw.m1_bars where pair = %s and ts_utc <= %s order by ts_utc",
-                    (cut.pair, until),
+                    "select pair, ts_utc, open, high, low, close, volume, spread from raw.m1_bars where pair = %(pair)s and ts_utc <= %(until)s"
+                    " and (%(start)s::timestamptz is null or ts_utc >= %(start)s"
+                    " or ts_utc = (select baseline_ts from staging.baseline_rates where pair = %(pair)s)) order by ts_utc",
+                    {"pair": cut.pair, "until": until, "start": start},
                 )
                 frames.append(pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description]))
         bars = pd.concat(frames, ignore_index=True)
@@ -336,28 +424,40 @@ def compare_cut(scratch: str, extract: PairExtract, cut: Cut, features: Sequence
         if differs.any():
             index = int(np.flatnonzero(differs)[-1])  # rows are newest first: report the earliest
             problems.append(
-                Problem(cut.pair, name, _minute(int(rebuilt_ts[index])), f"differs from a rebuild on bars cut at {_minute(cut.ts_us)} (look-ahead): extracted {mine[index]!r}, rebuilt {theirs[index]!r}")
+                Problem(
+                    cut.pair, name, _minute(int(rebuilt_ts[index])),
+                    f"differs from a rebuild on bars cut at {_minute(cut.ts_us)} (a look-ahead, or a dependence on older bars than "
+                    f"bqx_functions.increment_bounds declares): extracted {mine[index]!r}, rebuilt {theirs[index]!r}",
+                )  # fmt: skip
             )
     return problems
 
 
 def check_lookahead(
     dsn: str, extracts: Sequence[PairExtract], features: Sequence[str], cuts: Sequence[Cut], dbt_vars: dict[str, Any], work: Path, progress: bool = True
-) -> list[Problem]:
+) -> tuple[list[Problem], dict[Cut, History]]:
     from tqdm import tqdm
 
     from bqx import server
+    from bqx.audit import compile_models
 
+    try:
+        models = compile_models(dsn, work / "lookahead_compile", dbt_vars or None)
+    except RuntimeError as err:
+        tail = " | ".join(str(err).strip().splitlines()[-3:])
+        raise DatasetError(f"compiling the models for the no-look-ahead proof failed ({tail}): run `bqx build` to see why") from None
+    with connect(dsn) as conn:
+        histories = {cut: history_start(conn, cut, models) for cut in cuts}
     by_pair = {e.pair: e for e in extracts}
     problems: list[Problem] = []
     for group in tqdm(_rounds(cuts), desc="no-look-ahead rebuilds", disable=not progress, leave=False):
-        name, scratch = _scratch_build(dsn, group, dbt_vars, work)
+        name, scratch = _scratch_build(dsn, group, histories, dbt_vars, work)
         try:
             for cut in group:
                 problems += compare_cut(scratch, by_pair[cut.pair], cut, features)
         finally:
             server.drop_database(dsn, name)
-    return problems
+    return problems, histories
 
 
 def validate(
@@ -394,15 +494,25 @@ def validate(
             del table
             report.problems += check_targets(dsn, extract, catalog, target_checks, seed)
     cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed) if not report.problems else []
+    histories: dict[Cut, History] = {}
     if cuts:
-        report.problems += check_lookahead(dsn, extracts, features, cuts, dbt_vars, work, progress)
+        found, histories = check_lookahead(dsn, extracts, features, cuts, dbt_vars, work, progress)
+        report.problems += found
     rows = sum(e.rows for e in extracts)
     report.checked = {
         "pairs": len(extracts),
         "rows": rows,
         "columns": len(features) + len(targets),
         "target_rows_recomputed_per_pair": target_checks,
-        "lookahead_cuts": [{"pair": c.pair, "ts_utc": _minute(c.ts_us)} for c in cuts],
+        "lookahead_cuts": [
+            {
+                "pair": c.pair,
+                "ts_utc": _minute(c.ts_us),
+                "rebuilt_from": "baseline" if histories.get(c) is None or histories[c].start_ts is None else _minute(int(histories[c].start_ts.timestamp() * 1e6)),
+                "rebuilt_bars": histories[c].bars if c in histories else None,
+            }
+            for c in cuts
+        ],
         "lookahead_compared_bars_per_cut": COMPARE_BARS,
     }
     report.summary = [
@@ -411,7 +521,8 @@ def validate(
         f"Targets of {target_checks} seeded rows per pair recomputed from m1_index: equal (within {TARGET_TOLERANCE:g} of the column's largest value).",
         (
             f"No look-ahead: features rebuilt from bars cut at {len(cuts)} seeded rows ({', '.join(f'{c.pair} {_minute(c.ts_us)}' for c in cuts)}) "
-            f"equal the extracted ones on the {COMPARE_BARS} bars up to each cut."
+            f"equal the extracted ones on the {COMPARE_BARS} bars up to each cut (each rebuild held the baseline bar and the "
+            f"{', '.join(f'{histories[c].bars - 1:,}' for c in cuts if c in histories)} bars before its cut that the compared rows depend on)."
             if cuts
             else "No look-ahead proof: --lookahead-cuts 0 (skipped on request)."
         ),
