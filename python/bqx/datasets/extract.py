@@ -492,40 +492,64 @@ def _chunk_table(pair: str, keys_us: np.ndarray, columns: dict[str, pa.Array], s
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+ChunkRead = tuple[PairSource, int, np.ndarray, dict[str, pa.Array]]  # source, first row, minutes, columns
+
+
+def read_ahead(conns: Sequence[psycopg.Connection], relations: Sequence[Relation], sources: Sequence[PairSource]) -> Iterator[ChunkRead]:
+    """Every chunk (ROW_GROUP_ROWS rows) of every source in order, read one ahead in a thread of
+    its own: while the caller casts and writes a chunk, the server packs the next one (the next
+    pair's first, at a pair's end), on the two cores. At most two chunks are held at a time."""
+
+    def read(source: PairSource, start: int) -> ChunkRead:
+        if start == 0:
+            keys[source.pair] = read_keys_between(conns[0], source.pair, source.first_ts, source.last_ts)
+            if keys[source.pair].size != source.rows:
+                raise DatasetError(f"{source.pair}: m1_index now holds {keys[source.pair].size} bars in the range, not {source.rows}: was `bqx build` running? run again")
+        chunk = keys[source.pair][start : start + ROW_GROUP_ROWS]
+        if start + ROW_GROUP_ROWS >= source.rows:
+            del keys[source.pair]
+        return source, start, chunk, read_rows(conns, relations, source.pair, chunk)
+
+    keys: dict[str, np.ndarray] = {}
+    reader = ThreadPoolExecutor(1)
+    try:
+        ahead = None
+        for source in sources:
+            for start in range(0, source.rows, ROW_GROUP_ROWS):
+                submitted = reader.submit(read, source, start)  # runs once the one ahead is read
+                if ahead is not None:
+                    yield ahead.result()
+                ahead = submitted
+        if ahead is not None:
+            yield ahead.result()
+    finally:  # also when the caller stops early: the read under way ends, the next never starts
+        reader.shutdown(wait=True, cancel_futures=True)
+
+
 def extract_pair(
-    conns: Sequence[psycopg.Connection],
+    reads: Iterator[ChunkRead],
     source: PairSource,
-    relations: Sequence[Relation],
     features: Sequence[str],
     targets: Sequence[str],
     folder: Path,
     progress: bool = True,
 ) -> PairExtract:
-    """Read one pair relation by relation, ROW_GROUP_ROWS rows at a time, into
-    `folder/part-0.parquet`: one chunk of the pair in memory at a time."""
+    """Write one pair's chunks, taken from `reads` (read_ahead), into `folder/part-0.parquet`."""
     from tqdm import tqdm
 
     if not source.pair.isalnum():
         raise DatasetError(f"not a pair name: {source.pair!r}")
-    keys = read_keys_between(conns[0], source.pair, source.first_ts, source.last_ts)
-    if keys.size != source.rows:
-        raise DatasetError(f"{source.pair}: m1_index now holds {keys.size} bars in the range, not {source.rows}: was `bqx build` running? run again")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "part-0.parquet"
     bar = tqdm(total=source.rows, unit="rows", unit_scale=True, desc=f"extract {source.pair}", disable=not progress, leave=False)
     float64_columns: list[str] = []
-    starts = range(0, keys.size, ROW_GROUP_ROWS)
-    with temporary_path(path) as tmp, ThreadPoolExecutor(1) as reader:
-        # the next chunk is read while this one is cast and written: the server packs the
-        # columns while the client compresses, on the two cores
-        ahead = reader.submit(read_rows, conns, relations, source.pair, keys[:ROW_GROUP_ROWS])
+    with temporary_path(path) as tmp:
         writer = None
         try:
-            for start in starts:
-                chunk_keys = keys[start : start + ROW_GROUP_ROWS]
-                columns = ahead.result()
-                if start + ROW_GROUP_ROWS < keys.size:
-                    ahead = reader.submit(read_rows, conns, relations, source.pair, keys[start + ROW_GROUP_ROWS : start + 2 * ROW_GROUP_ROWS])
+            for expected_start in range(0, source.rows, ROW_GROUP_ROWS):
+                read_source, start, chunk_keys, columns = next(reads)
+                if read_source != source or start != expected_start:
+                    raise RuntimeError(f"chunks out of order: {read_source.pair} row {start} where {source.pair} row {expected_start} was due")
                 if writer is None:  # the first rows decide each column's precision
                     float64_columns = choose_float64(columns, features)
                     schema = output_schema(features, targets, float64_columns)
@@ -540,7 +564,7 @@ def extract_pair(
     extract = PairExtract(
         pair=source.pair,
         path=path,
-        rows=int(keys.size),
+        rows=source.rows,
         first_ts=source.first_ts.astimezone(dt.UTC).isoformat(),
         last_ts=source.last_ts.astimezone(dt.UTC).isoformat(),
         bars_before=source.bars_before,
@@ -605,13 +629,15 @@ def extract_pairs(
         for conn in conns:
             conn.execute("set max_parallel_workers_per_gather = 0")  # one pair's index range: no parallel plan pays
         relations = plan_relations(first, catalog)
+        folders = {source.pair: out / "features" / f"pair={source.pair}" for source in sources}
+        previous = {source.pair: reusable(source, features, targets, folders[source.pair]) if reuse else None for source in sources}
+        todo = [source for source in sources if previous[source.pair] is None]
+        reads = stack.enter_context(contextlib.closing(read_ahead(conns, relations, todo)))
         for source in sources:
-            folder = out / "features" / f"pair={source.pair}"
-            previous = reusable(source, features, targets, folder) if reuse else None
-            if previous is None:
-                (folder / SOURCE_FILE).unlink(missing_ok=True)  # the old file no longer describes the source
-                previous = extract_pair(conns, source, relations, features, targets, folder, progress)
-            done.append(previous)
+            if previous[source.pair] is None:
+                (folders[source.pair] / SOURCE_FILE).unlink(missing_ok=True)  # the old file no longer describes the source
+                previous[source.pair] = extract_pair(reads, source, features, targets, folders[source.pair], progress)
+            done.append(previous[source.pair])
     return done
 
 
