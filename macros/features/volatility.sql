@@ -59,9 +59,10 @@
     {%- for window in volatility_windows() -%}
         {%- do columns.extend(windowed_columns(
             metrics, [window], feature_series(domain),
-            'float8 from exact numeric window sums of the returns (each |r| rounded once to 15 significant
-            digits), within 1e-9 of NumPy on each window (measured at worst 2.5e-12 (er, rate domain) of the
-            column\'s largest |value|, 2.3e-13 for rvol and bpvol)',
+            'float8 from float8 window sums of the returns restarted every volatility_block_bars() bars
+            (bit-identical in incremental and full builds), within 1e-9 of NumPy on each window (measured at
+            worst 2.4e-12 (er, rate domain) of the column\'s largest |value|, 2.3e-13 for rvol and bpvol; on a
+            pair-year within 2.8e-13 of the exact numeric sums of the design before)',
             values={'r': returns.r, 'w2': window - 2, 'w_plus_1': window + 1},
         )) -%}
     {%- endfor -%}
@@ -69,32 +70,49 @@
 {%- endmacro %}
 
 
+{#- Block length (bars) of the restarted running sums: max(volatility_windows), so that a
+    window's returns lie in its own block or in its own and the one before. -#}
+{% macro volatility_block_bars() -%}
+    {{ return(volatility_windows() | max) }}
+{%- endmacro %}
+
+
 {#-
-    CTEs computing the volatility columns of `rows_cte` (pair, ts_utc, is_new and `series`),
-    ending in `volatility_values` (pair, ts_utc, is_new, volatility_column_names()...). Call it
-    after `with ... as (...),` and select from volatility_values.
+    CTEs computing the volatility columns of `rows_cte` (pair, ts_utc, is_new, bar_number and
+    `series`), ending in `volatility_values` (pair, ts_utc, is_new, volatility_column_names()...).
+    Call it after `with ... as (...),` and select from volatility_values.
     returns: 'log' gives r[k] = ln(y[k] / y[k-1]) (a positive series: the rate index), 'difference'
     r[k] = y[k] - y[k-1] (a series crossing 0: bqx).
 
-    How: |r| is cast to numeric once (float8 → numeric keeps 15 significant digits), so |r|², the
-    products |r[k]|·|r[k-1]| and their running sums over the pair are exact; a window's sum is the
-    difference of two running sums (one running pass and one lag per window and sum: O(1) per row
-    whatever W, where a float8 moving frame re-adds its W values for every row). Exact sums depend
-    only on their own terms: an incremental run, which starts the running sums later, equals a
-    full build bit for bit, and a flat window sums to exactly 0. A window is full when it holds W
-    non-NULL returns (the bqx series is NULL on its own warm-up).
+    How: the terms |r|, r² and |r[k]|·|r[k-1]| are summed in float8 by running sums restarted
+    every B = volatility_block_bars() bars of the pair's absolute bar_number (X, over the block up
+    to the bar) and each block's total (T, the same sum at the block's last bar). A window of n
+    terms ending at t = k + n starts in k's block (block_position + n < B: its sum is
+    X[t] - X[k]) or in the block before (X[t] + (T - X)[k]): bar k carries the right start for
+    each window and the sum is X[t] plus one lag of it, O(1) per row whatever W (a float8 moving
+    frame re-adds its W values for every row). The sums depend only on the bars of the blocks they
+    span, added in the same order whether a build starts at the pair's first bar or at a block an
+    incremental run reads from: an incremental run equals a full build bit for bit. A flat
+    window's terms are exact zeros, so its sums are exactly 0. The count of returns per window (a
+    window is full with W of them) is an exact running count differenced. Documented, with its
+    precision, in macros/features/volatility.yml.
 -#}
 {% macro volatility_ctes(rows_cte, series, returns) -%}
 {%- if returns not in ('log', 'difference') -%}
     {{ exceptions.raise_compiler_error("volatility_ctes: returns must be 'log' or 'difference', got " ~ returns) }}
 {%- endif -%}
 {%- set windows = volatility_windows() -%}
+{%- set block = volatility_block_bars() -%}
+{#- a product of terms >= 1e-150 is >= 1e-300: PostgreSQL raises on a float8 product that underflows to 0 -#}
+{%- set tiny = '1e-150' -%}
 volatility_returns as (
     -- r[t] = {{ 'ln(y[t] / y[t-1])' if returns == 'log' else 'y[t] - y[t-1]' }}: NULL on the first bar read and where y is NULL
     select
         volatility_rows.pair,
         volatility_rows.ts_utc,
         volatility_rows.is_new,
+        volatility_rows.bar_number / {{ block }} as block,
+        volatility_rows.bar_number % {{ block }} as block_position,
         volatility_rows.{{ series }} as series_value,
         {%- if returns == 'log' %}
         ln(volatility_rows.{{ series }} / lag(volatility_rows.{{ series }}) over bars_in_order) as bar_return
@@ -106,84 +124,134 @@ volatility_returns as (
 ),
 
 volatility_terms as (
-    -- |r| in numeric, and the exact products |r|² and |r[t]|·|r[t-1]|
+    -- |r|, r² and |r[t]|·|r[t-1]| in float8 (a term below 1e-150 counts as 0 in a product)
     select
-        volatility_returns.pair,
-        volatility_returns.ts_utc,
-        volatility_returns.is_new,
-        volatility_returns.series_value,
-        volatility_returns.bar_return,
-        abs(volatility_returns.bar_return)::numeric as abs_return,
-        abs(volatility_returns.bar_return)::numeric * abs(volatility_returns.bar_return)::numeric as squared_return,
-        abs(volatility_returns.bar_return)::numeric
-        * abs(lag(volatility_returns.bar_return) over bars_in_order)::numeric as adjacent_product
+        pair,
+        ts_utc,
+        is_new,
+        block,
+        block_position,
+        series_value,
+        bar_return,
+        abs(bar_return) as abs_return,
+        case when abs(bar_return) >= {{ tiny }} then bar_return * bar_return else 0.0 end as squared_return,
+        case
+            when abs(bar_return) >= {{ tiny }} and abs(lag(bar_return) over bars_in_order) >= {{ tiny }}
+                then abs(bar_return) * abs(lag(bar_return) over bars_in_order)
+            when bar_return is not null and lag(bar_return) over bars_in_order is not null then 0.0
+        end as adjacent_product
     from volatility_returns
-    window bars_in_order as (partition by volatility_returns.pair order by volatility_returns.ts_utc)
+    window bars_in_order as (partition by pair order by ts_utc)
 ),
 
 volatility_running as (
-    -- running counts and exact sums over the pair's bars read so far (0 before the first term:
-    -- the first bar read has no return, and a window's sum subtracts the total before it)
+    -- per block: the sums of the terms up to the bar (X) and over the whole block (T, equal to
+    -- X on its last bar); per pair: the running count of returns
     select
-        volatility_terms.pair,
-        volatility_terms.ts_utc,
-        volatility_terms.is_new,
-        volatility_terms.series_value,
-        count(volatility_terms.bar_return) over running_bars as return_count,
-        coalesce(sum(volatility_terms.abs_return) over running_bars, 0) as abs_total,
-        coalesce(sum(volatility_terms.squared_return) over running_bars, 0) as squared_total,
-        coalesce(sum(volatility_terms.adjacent_product) over running_bars, 0) as product_total
+        pair,
+        ts_utc,
+        is_new,
+        block,
+        block_position,
+        series_value,
+        count(bar_return) over running_pair as return_count,
+        {%- for term in ('abs_return', 'squared_return', 'adjacent_product') %}
+        coalesce(sum({{ term }}) over running_block, 0.0) as {{ term }}_running,
+        coalesce(sum({{ term }}) over whole_block, 0.0) as {{ term }}_block{{ ',' if not loop.last }}
+        {%- endfor %}
     from volatility_terms
-    window running_bars as (
-        partition by volatility_terms.pair order by volatility_terms.ts_utc rows unbounded preceding
-    )
+    window
+        block_bars as (partition by pair, block order by ts_utc),
+        running_block as (block_bars rows unbounded preceding),
+        whole_block as (block_bars rows between unbounded preceding and unbounded following),
+        running_pair as (partition by pair order by block, ts_utc rows unbounded preceding)
+),
+
+volatility_starts as (
+    -- what a window of n terms ending n bars later needs of this bar k: -X[k] when it ends in
+    -- k's block (block_position + n < B), else T - X[k] (the rest of k's block): its sum is then
+    -- X[t] + this, one lag per window and sum
+    select
+        pair,
+        ts_utc,
+        is_new,
+        block,
+        series_value,
+        return_count,
+        abs_return_running,
+        squared_return_running,
+        adjacent_product_running
+        {%- for w in windows %}
+        {%- for term, terms in [('abs_return', w), ('squared_return', w), ('adjacent_product', w - 1)] %},
+        case
+            when block_position + {{ terms }} < {{ block }} then -{{ term }}_running
+            else {{ term }}_block - {{ term }}_running
+        end as {{ term }}_start_{{ terms }}_w{{ w }}
+        {%- endfor %}
+        {%- endfor %}
+    from volatility_running
 ),
 
 volatility_sums as (
-    -- per window: the sums over the W returns t-W+1 .. t (the W - 1 products t-W+2 .. t), and y[t-W]
+    -- per window, from bar t-W in one fetch (a float8[]: one lag instead of four): y[t-W], the
+    -- count of returns and the starts of the |r| and r² sums; the products' sum (W - 1 of them,
+    -- t-W+2 .. t) from bar t-W+1
     select
-        volatility_running.pair,
-        volatility_running.ts_utc,
-        volatility_running.is_new,
-        volatility_running.series_value
+        pair,
+        ts_utc,
+        is_new,
+        series_value,
+        return_count,
+        abs_return_running,
+        squared_return_running,
+        adjacent_product_running
         {%- for w in windows %},
-        lag(volatility_running.series_value, {{ w }}) over bars_in_order as start_value_w{{ w }},
-        volatility_running.return_count - lag(volatility_running.return_count, {{ w }}) over bars_in_order
-            as return_count_w{{ w }},
-        (volatility_running.abs_total - lag(volatility_running.abs_total, {{ w }}) over bars_in_order)::double precision
-            as abs_sum_w{{ w }},
-        (
-            volatility_running.squared_total - lag(volatility_running.squared_total, {{ w }}) over bars_in_order
-        )::double precision as squared_sum_w{{ w }},
-        (
-            volatility_running.product_total - lag(volatility_running.product_total, {{ w - 1 }}) over bars_in_order
-        )::double precision as product_sum_w{{ w }}
+        lag(array[series_value, return_count, abs_return_start_{{ w }}_w{{ w }}, squared_return_start_{{ w }}_w{{ w }}], {{ w }}) over bars_in_order as starts_w{{ w }},
+        adjacent_product_running + lag(adjacent_product_start_{{ w - 1 }}_w{{ w }}, {{ w - 1 }}) over bars_in_order as product_sum_w{{ w }}
         {%- endfor %}
-    from volatility_running
-    window bars_in_order as (partition by volatility_running.pair order by volatility_running.ts_utc)
+    from volatility_starts
+    -- the order of the blocks' sort, the same as ts_utc's: no second sort
+    window bars_in_order as (partition by pair order by block, ts_utc)
+),
+
+volatility_unpacked as (
+    -- per window: y[t-W], the count of returns t-W+1 .. t and the sums of their terms
+    select
+        pair,
+        ts_utc,
+        is_new,
+        series_value
+        {%- for w in windows %},
+        starts_w{{ w }}[1] as start_value_w{{ w }},
+        return_count - starts_w{{ w }}[2] as return_count_w{{ w }},
+        abs_return_running + starts_w{{ w }}[3] as abs_sum_w{{ w }},
+        squared_return_running + starts_w{{ w }}[4] as squared_sum_w{{ w }},
+        product_sum_w{{ w }}
+        {%- endfor %}
+    from volatility_sums
 ),
 
 volatility_values as (
     -- every column NULL unless the window holds W returns; er NULL on a flat window (no path)
     select
-        volatility_sums.pair,
-        volatility_sums.ts_utc,
-        volatility_sums.is_new
+        volatility_unpacked.pair,
+        volatility_unpacked.ts_utc,
+        volatility_unpacked.is_new
         {%- for w in windows %}
-        {%- set full = 'volatility_sums.return_count_w' ~ w ~ ' = ' ~ w %}
+        {%- set full = 'volatility_unpacked.return_count_w' ~ w ~ ' = ' ~ w %}
         {%- if returns == 'log' %}
-        {%- set window_return = 'ln(volatility_sums.series_value / volatility_sums.start_value_w' ~ w ~ ')' %}
+        {%- set window_return = 'ln(volatility_unpacked.series_value / volatility_unpacked.start_value_w' ~ w ~ ')' %}
         {%- else %}
-        {%- set window_return = 'volatility_sums.series_value - volatility_sums.start_value_w' ~ w %}
+        {%- set window_return = 'volatility_unpacked.series_value - volatility_unpacked.start_value_w' ~ w %}
         {%- endif %},
         case when {{ full }} then {{ window_return }} end as ret_w{{ w }},
-        case when {{ full }} then sqrt(volatility_sums.squared_sum_w{{ w }}) end as rvol_w{{ w }},
-        case when {{ full }} then sqrt(pi() / 2 * volatility_sums.product_sum_w{{ w }}) end as bpvol_w{{ w }},
+        case when {{ full }} then sqrt(volatility_unpacked.squared_sum_w{{ w }}) end as rvol_w{{ w }},
+        case when {{ full }} then sqrt(pi() / 2 * volatility_unpacked.product_sum_w{{ w }}) end as bpvol_w{{ w }},
         case
-            when {{ full }} and volatility_sums.abs_sum_w{{ w }} > 0
-                then least(abs({{ window_return }}) / volatility_sums.abs_sum_w{{ w }}, 1.0)
+            when {{ full }} and volatility_unpacked.abs_sum_w{{ w }} > 0
+                then least(abs({{ window_return }}) / volatility_unpacked.abs_sum_w{{ w }}, 1.0)
         end as er_w{{ w }}
         {%- endfor %}
-    from volatility_sums
+    from volatility_unpacked
 )
 {%- endmacro %}

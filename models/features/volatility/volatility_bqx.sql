@@ -3,7 +3,13 @@
 -- macros/features/volatility.sql.
 {%- set series = 'bqx_w' ~ var('bqx_series_window') %}
 with source_rows as (
-    {{ incremental_rows(ref('bqx'), ['pair', 'ts_utc', series], lookback_bars=volatility_lookback_bars()) }}
+    {{ incremental_rows(
+        ref('bqx'),
+        ['pair', 'ts_utc', 'bar_number', series],
+        lookback_bars=volatility_lookback_bars(),
+        grid_bars=volatility_block_bars(),
+        reference_bars=2,
+    ) }}
 ),
 
 {{ volatility_ctes('source_rows', series, returns='difference') }}
