@@ -281,7 +281,8 @@ def test_planted_future_values_are_caught(built: Built, wave1_dsn: str, tmp_path
 def test_lookahead_rebuild_holds_only_the_history_the_compared_rows_need(
     database_factory: Callable[[str], str], dbt_runner: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three weeks of one pair after its baseline, with flat stretches (the close unchanged for
+    """Ten weeks of one pair after its baseline (longer than the 50,400 bars of the models' common
+    block grid, lcm(75, 630, 1440)), with flat stretches (the close unchanged for
     700 bars) where the rebuild's history begins: a cut at the last bar is rebuilt from the
     baseline bar and a bounded history (not the whole pair) and equals the extraction; a history
     shorter than the models declare makes the same rebuild differ (the bound is what makes it pass)."""
@@ -289,7 +290,7 @@ def test_lookahead_rebuild_holds_only_the_history_the_compared_rows_need(
     from bqx.load import load_frame
 
     dsn = database_factory("lookahead_history")
-    bars = generate_bars(dt.date(2024, 7, 1), dt.date(2024, 7, 22), ["EURUSD"])
+    bars = generate_bars(dt.date(2024, 7, 1), dt.date(2024, 9, 9), ["EURUSD"])
     for back in (12_000, 9_500, 7_600):  # around where the history starts: the run and smoother rules reach past them
         flat = bars.index[-back : -back + 700]
         bars.loc[flat, ["open", "high", "low", "close"]] = bars.loc[flat[0], "close"]
@@ -305,9 +306,9 @@ def test_lookahead_rebuild_holds_only_the_history_the_compared_rows_need(
     assert problems == []
     history = histories[cut]
     assert history.start_ts is not None and 7_200 < history.bars < extract.rows + extract.bars_before - 3_000
-    assert (history.start_bar - 1) % 3_150 == 0  # on every block grid (75 and 630 bars)
+    assert (history.start_bar - 1) % 50_400 == 0  # on every block grid (75, 630 and 1,440 bars)
 
-    too_short = va.History(history.start_ts + dt.timedelta(days=4), 0, 0)
+    too_short = va.History(dt.datetime.fromtimestamp(cut.ts_us / 1e6, dt.UTC) - dt.timedelta(days=2), 0, 0)  # < volume's 7,200 bars
     monkeypatch.setattr(va, "history_start", lambda conn, c, models: too_short)
     problems, _ = va.check_lookahead(dsn, [extract], features, [cut], {}, tmp_path / "work", progress=False)
     assert problems and all("older bars" in p.rule for p in problems)
