@@ -329,18 +329,18 @@ def history_start(conn: Any, cut: Cut, models: Sequence[Any]) -> History:
     bar = conn.execute(
         "select bar_number from staging.m1_index where pair = %s and ts_utc >= %s order by ts_utc limit 1", (cut.pair, min(starts))
     ).fetchone()[0]
-    runs = conn.execute(
-        "select unchanged_close_run from features.data_quality_features as dq inner join staging.m1_index as bars using (pair, ts_utc)"
-        " where dq.pair = %s and bars.bar_number = %s",
-        (cut.pair, bar),
-    ).fetchone()
-    bar -= runs[0] if runs and runs[0] else 0  # the last bar of the run before
-    previous = conn.execute(
-        "select unchanged_close_run from features.data_quality_features as dq inner join staging.m1_index as bars using (pair, ts_utc)"
-        " where dq.pair = %s and bars.bar_number = %s",
-        (cut.pair, bar),
-    ).fetchone()
-    bar -= (previous[0] - 1) if previous and previous[0] else 0  # that run's first bar
+
+    def run_length(bar_number: int) -> int:
+        """unchanged_close_run of the pair's bar `bar_number` (0 if none)."""
+        row = conn.execute(
+            "select unchanged_close_run from features.data_quality_features as dq inner join staging.m1_index as bars using (pair, ts_utc)"
+            " where dq.pair = %s and bars.bar_number = %s",
+            (cut.pair, bar_number),
+        ).fetchone()
+        return row[0] if row and row[0] else 0
+
+    bar -= run_length(bar)  # the last bar of the run before
+    bar -= max(run_length(bar) - 1, 0)  # that run's first bar
     grid = math.lcm(*(int(m.increment["grid_bars"]) for m in models if m.increment is not None))
     bar -= (bar - 1) % grid
     if bar <= 1:
