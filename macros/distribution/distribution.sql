@@ -97,9 +97,16 @@ insert into {{ relation }}
     (it would plan it apart, a distributed subplan pulling its rows to the coordinator), so on a
     distributed source the fence is a window function over the pair's bars instead (a subquery
     with a window function is not inlined either; partitioned by pair, Citus runs it on the
-    shard): `planner_fence_column(relation)` in the select list, `planner_fence()` after FROM. -#}
-{% macro planner_fence() -%}
-    {%- if not distributed() %}offset 0{% endif -%}
+    shard): `planner_fence_column(relation)` in the select list, `planner_fence()` after FROM.
+
+    `planner_fence(relation)` also orders the fenced rows by relation.pair, relation.ts_utc.
+    That costs no sort when they come in that order, and keeps the order known above the fence:
+    PostgreSQL carries a subquery's row order up only to a query level that asks for it, so a
+    window over the pair's bars above a plain `offset 0` fence sorted 375k presorted rows again
+    (~4% of a model; measured on statistics, Bollinger and spread). Pass the relation only where
+    the rows arrive in (pair, ts_utc) order, or the ORDER BY adds the sort it is meant to save. -#}
+{% macro planner_fence(relation=none) -%}
+    {%- if not distributed() %}{% if relation %}order by {{ relation }}.pair, {{ relation }}.ts_utc {% endif %}offset 0{% endif -%}
 {%- endmacro %}
 
 {% macro planner_fence_column(relation) -%}

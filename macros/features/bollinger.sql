@@ -74,7 +74,7 @@ bollinger_moments as (
         {{- planner_fence_column('bollinger_sums') }}
     from bollinger_sums
     -- the bands read sigma and the shift five times each: computed once
-    {{ planner_fence() }}
+    {{ planner_fence('bollinger_sums') }}
 ),
 
 bollinger_bands as (

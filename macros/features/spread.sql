@@ -86,7 +86,7 @@ spread_moments as (
         {%- endfor %}
         {{- planner_fence_column('spread_sums') }}
     from spread_sums
-    {{ planner_fence() }}
+    {{ planner_fence('spread_sums') }}
 )
 
 select

@@ -45,35 +45,54 @@
 {%- set windows = var('rolling_windows') | map('int') | list -%}
 {{ window_deviation_sums_ctes('statistics', rows_cte, series, windows, 4, with_extremes=true) }},
 
-statistics_moments as (
-    -- s = mean - y[t] (the shift) and the central moments m2, m3, m4 (divided by W), from the
-    -- moments about y[t]: r_k = Σ d^k / W, m2 = r2 - s², m3 = r3 - 3 s r2 + 2 s³,
-    -- m4 = r4 - 4 s r3 + 6 s² r2 - 3 s⁴
+statistics_raw_moments as (
+    -- the shift s = mean - y[t] = Σd / W and the moments about y[t] r_k = Σ d^k / W, each
+    -- computed once (PostgreSQL evaluates an expression again wherever it is written: the
+    -- expanded central moments below read s up to seven times)
     select
         statistics_sums.pair,
         statistics_sums.ts_utc,
         statistics_sums.is_new,
         statistics_sums.series_value
-        {%- for window in windows %}
-        {%- set s = 'statistics_sums.dev_sum_1_w' ~ window ~ ' / ' ~ window ~ '.0' %}
-        {%- set r2 = 'statistics_sums.dev_sum_2_w' ~ window ~ ' / ' ~ window ~ '.0' %}
-        {%- set r3 = 'statistics_sums.dev_sum_3_w' ~ window ~ ' / ' ~ window ~ '.0' %}
-        {%- set r4 = 'statistics_sums.dev_sum_4_w' ~ window ~ ' / ' ~ window ~ '.0' %},
-        {{ s }} as shift_w{{ window }},
-        -- clamped at 0 against rounding (greatest() alone would turn the warm-up's NULL into 0)
-        case
-            when statistics_sums.dev_sum_1_w{{ window }} is not null
-                then greatest({{ r2 }} - ({{ s }}) * ({{ s }}), 0)
-        end as m2_w{{ window }},
-        {{ r3 }} - 3 * ({{ s }}) * ({{ r2 }}) + 2 * ({{ s }}) * ({{ s }}) * ({{ s }}) as m3_w{{ window }},
-        {{ r4 }} - 4 * ({{ s }}) * ({{ r3 }}) + 6 * ({{ s }}) * ({{ s }}) * ({{ r2 }})
-        - 3 * ({{ s }}) * ({{ s }}) * ({{ s }}) * ({{ s }}) as m4_w{{ window }},
+        {%- for window in windows %},
+        statistics_sums.dev_sum_1_w{{ window }} / {{ window }}.0 as shift_w{{ window }},
+        statistics_sums.dev_sum_2_w{{ window }} / {{ window }}.0 as r2_w{{ window }},
+        statistics_sums.dev_sum_3_w{{ window }} / {{ window }}.0 as r3_w{{ window }},
+        statistics_sums.dev_sum_4_w{{ window }} / {{ window }}.0 as r4_w{{ window }},
         statistics_sums.window_min_w{{ window }},
         statistics_sums.window_max_w{{ window }}
         {%- endfor %}
         {{- planner_fence_column('statistics_sums') }}
     from statistics_sums
-    {{ planner_fence() }}
+    {{ planner_fence('statistics_sums') }}
+),
+
+statistics_moments as (
+    -- the central moments m2, m3, m4 (divided by W) from the moments about y[t], in Horner's
+    -- form: m2 = r2 - s², m3 = r3 - s (3 r2 - 2 s²), m4 = r4 - s (4 r3 - s (6 r2 - 3 s²))
+    select
+        statistics_raw_moments.pair,
+        statistics_raw_moments.ts_utc,
+        statistics_raw_moments.is_new,
+        statistics_raw_moments.series_value
+        {%- for window in windows %}
+        {%- set s = 'statistics_raw_moments.shift_w' ~ window %}
+        {%- set r2 = 'statistics_raw_moments.r2_w' ~ window %}
+        {%- set r3 = 'statistics_raw_moments.r3_w' ~ window %}
+        {%- set r4 = 'statistics_raw_moments.r4_w' ~ window %},
+        {{ s }},
+        -- clamped at 0 against rounding (greatest() alone would turn the warm-up's NULL into 0)
+        case
+            when {{ s }} is not null then greatest({{ r2 }} - {{ s }} * {{ s }}, 0)
+        end as m2_w{{ window }},
+        {{ r3 }} - {{ s }} * (3 * {{ r2 }} - 2 * {{ s }} * {{ s }}) as m3_w{{ window }},
+        {{ r4 }} - {{ s }} * (4 * {{ r3 }} - {{ s }} * (6 * {{ r2 }} - 3 * {{ s }} * {{ s }})) as m4_w{{ window }},
+        statistics_raw_moments.window_min_w{{ window }},
+        statistics_raw_moments.window_max_w{{ window }}
+        {%- endfor %}
+        {{- planner_fence_column('statistics_raw_moments') }}
+    from statistics_raw_moments
+    {{ planner_fence('statistics_raw_moments') }}
 ),
 
 statistics_values as (

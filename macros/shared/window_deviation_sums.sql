@@ -108,7 +108,7 @@
         {%- endfor %}
         {{- planner_fence_column(prefix ~ '_lags') }}
     from {{ prefix }}_lags
-    {{ planner_fence() }}
+    {{ planner_fence(prefix ~ '_lags') }}
 ),
 
 {{ prefix }}_segments as (
@@ -180,7 +180,7 @@
         {%- endfor %}
         {{- planner_fence_column(prefix ~ '_segments') }}
     from {{ prefix }}_segments
-    {{ planner_fence() }}
+    {{ planner_fence(prefix ~ '_segments') }}
 ),
 
 {{ prefix }}_sums as (
@@ -208,6 +208,6 @@
         {%- endfor %}
         {{- planner_fence_column(prefix ~ '_shifted') }}
     from {{ prefix }}_shifted
-    {{ planner_fence() }}
+    {{ planner_fence(prefix ~ '_shifted') }}
 )
 {%- endmacro %}
