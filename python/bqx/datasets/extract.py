@@ -63,7 +63,10 @@ ROW_GROUP_ROWS = 65_536  # rows read at a time and per row group: the same rows 
 PRECISION_ROWS = 16_384  # a pair's first rows on which each column's float32/float64 decision is measured
 PRECISION_MIN_VALUES = 1_000  # ... unless a column has fewer values there (then all of the first chunk)
 MINUTE_US = 60_000_000
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "use_dictionary": ["pair"], "write_statistics": True}
+# zstd level 1: a pair-quarter of features (95k rows x 343 columns) wrote in 0.33 s against 0.51 s
+# at level 3, for files 1.7% larger (lz4 0.20 s but 15% larger): the compression runs on the
+# client while the server sends, and both share the two cores of the extraction
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1, "use_dictionary": ["pair"], "write_statistics": True}
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 KEY_COLUMNS = ("pair", "ts_utc", "known_at", "bar_number")
 SOURCE_FILE = "_source.json"
