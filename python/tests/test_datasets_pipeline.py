@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,10 +221,38 @@ def test_existing_dataset_is_reused_not_rewritten(built: Built, wave1_dsn: str) 
     assert before == {p: p.stat().st_mtime_ns for p in built.result.dataset_dir.rglob("*") if p.is_file()}
     assert (built.options.out / "datasets" / "latest").read_text().strip() == built.result.dataset_id
     # the closing note says where the time went: every step of the first run, only the reuse path here
-    steps = ["describe", "extract", "validate", "split", "select", "write datasets", "baseline models", "manifest and report"]
+    # (the validation runs beside the steps after the extraction: 'validate' is the wait for it)
+    steps = ["describe", "extract", "split", "select", "write datasets", "baseline models", "validate", "validation alongside", "manifest and report"]
     assert list(built.result.step_seconds) == steps and all(s >= 0 for s in built.result.step_seconds.values())
-    assert list(result.step_seconds) == ["describe", "extract", "validate", "manifest and report"]
+    assert list(result.step_seconds) == ["describe", "extract", "validate", "validation alongside", "manifest and report"]
     assert "wall time per step: describe " in pipeline.closing_note(built.result)
+
+
+def test_a_failed_validation_publishes_nothing_and_is_the_error_reported(built: Built, wave1_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The validation runs beside the later steps: when it fails, no dataset is published (not
+    even one whose steps all finished), and when a later step fails too, the validation's
+    error (bad data, the cause) is the one reported, not the step's."""
+    out = tmp_path / "out"
+    shutil.copytree(built.options.out / "features", out / "features")
+    (out / "features" / pipeline.VALIDATION_FILE).unlink()
+
+    def failing(*args: Any, **kwargs: Any) -> va.ValidationReport:
+        time.sleep(0.5)  # finishes after the selection started
+        return va.ValidationReport(problems=[va.Problem("EURUSD", "rate_rsi_14", "2024-07-03 10:00", "NaN or infinity")])
+
+    monkeypatch.setattr(va, "validate", failing)
+    with pytest.raises(DatasetError, match="validation failed: EURUSD rate_rsi_14"):
+        pipeline.run(dataclasses.replace(built.options, out=out), dsn=wave1_dsn)
+    assert not (out / "datasets").exists() or not any((out / "datasets").glob("*/manifest.json"))
+    assert not (out / "datasets" / "latest").exists()
+
+    def broken(*args: Any, **kwargs: Any) -> tr.Evaluation:
+        raise RuntimeError("a model failed on the bad rows")
+
+    monkeypatch.setattr(tr, "fit_and_score", broken)
+    with pytest.raises(DatasetError, match="validation failed: EURUSD rate_rsi_14"):
+        pipeline.run(dataclasses.replace(built.options, out=out), dsn=wave1_dsn)
+    assert not any((out / "datasets").glob("*/manifest.json"))
 
 
 def test_manifest_says_how_the_files_were_made(built: Built) -> None:

@@ -13,7 +13,8 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,12 +292,16 @@ def _iso(us: int) -> str:
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).isoformat()
 
 
+def _chunk(table: pa.Table, selected: Sequence[str], targets: Sequence[str]) -> tr.Chunk:
+    x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in selected])
+    y = np.column_stack([table.column(t).to_numpy(zero_copy_only=False) for t in targets])
+    known = table.column("known_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    return tr.Chunk(table.column("pair")[0].as_py(), known, x, y)
+
+
 def _chunks(root: Path, part: str, selected: Sequence[str], targets: Sequence[str]) -> Iterator[tr.Chunk]:
     for table in ds.iter_part(root, part, ["pair", "known_at", *selected, *targets]):
-        x = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in selected])
-        y = np.column_stack([table.column(t).to_numpy(zero_copy_only=False) for t in targets])
-        known = table.column("known_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-        yield tr.Chunk(table.column("pair")[0].as_py(), known, x, y)
+        yield _chunk(table, selected, targets)
 
 
 def training_set(root: Path, selected: Sequence[str], targets: Sequence[str], size: int, seed: int, longest_horizon: int) -> tuple[tr.TrainingSet, int]:
@@ -308,11 +313,14 @@ def training_set(root: Path, selected: Sequence[str], targets: Sequence[str], si
     chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
     offsets = np.cumsum([0, *counts])
     xs, ys, known, pairs = [], [], [], []
-    for index, chunk in enumerate(_chunks(root, "train", selected, targets)):
+    for index, table in enumerate(ds.iter_part(root, "train", ["pair", "known_at", *selected, *targets])):
         local = chosen[(chosen >= offsets[index]) & (chosen < offsets[index + 1])] - offsets[index]
-        xs.append(chunk.x[local])
-        ys.append(chunk.y[local])
-        known.append(chunk.known_at_us[local])
+        # the sampled rows are taken in Arrow first, not after converting the pair's whole part
+        # to float64 (100k rows are kept of 7M at FX-year size)
+        chunk = _chunk(table.take(pa.array(local)), selected, targets)
+        xs.append(chunk.x)
+        ys.append(chunk.y)
+        known.append(chunk.known_at_us)
         pairs.append(np.full(local.size, chunk.pair))
     known_all = np.concatenate(known)
     return tr.TrainingSet(np.concatenate(xs), np.concatenate(ys), known_all, np.full(known_all.size, -1), np.concatenate(pairs)), total
@@ -530,9 +538,58 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     reused_pairs = sum(e.reused for e in extracts)
     _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
     digest = catalog_hash(catalog)
-    validation = validated(dsn, extracts, catalog, options, end_ts, digest)
-    clock.lap("validate")
+    # the validation reads the extracted files and the database and writes only its own record,
+    # so it runs in a thread beside the steps that follow (selection, datasets, models use the
+    # cores in bursts); nothing is published before it passed, and if a later step fails while
+    # it found problems, its error is the one reported (bad data is the cause)
+    with ThreadPoolExecutor(1) as background:
+        _status("validating beside the next steps", options)
+        validation_run = background.submit(_timed, validated, dsn, extracts, catalog, dataclasses.replace(options, progress=False), end_ts, digest)
+        try:
+            return _build_from_extracts(
+                options, catalog, dsn, extracts, events, digest, code_hash, builder_state, clock, lambda: _await_validation(validation_run, clock)
+            )
+        except BaseException:
+            try:
+                validation_run.result()
+            except Exception as failure:
+                raise failure from None
+            raise
 
+
+def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = function(*args)
+    return value, time.perf_counter() - started
+
+
+def _await_validation(validation_run: Future, clock: StepClock) -> dict[str, Any]:
+    """The validation's record once it passed (its DatasetError if not). The step 'validate' is
+    the time waited for it; 'validation alongside' its own duration beside the other steps."""
+    record, seconds = validation_run.result()
+    clock.lap("validate")
+    clock.seconds["validation alongside"] = seconds
+    return record
+
+
+def _build_from_extracts(
+    options: BuilderOptions,
+    catalog: Any,
+    dsn: str,
+    extracts: Sequence[ex.PairExtract],
+    events: ev.EventsFile | None,
+    digest: str,
+    code_hash: str,
+    builder_state: dict[str, Any],
+    clock: StepClock,
+    validation_passed: Callable[[], dict[str, Any]],
+) -> BuildResult:
+    """Split, select, write the datasets, fit the models and write the report (or reuse a
+    dataset built from the same inputs); `validation_passed()` waits for the validation."""
+    out = options.out
+    features = [f.matrix_column for f in catalog.features]
+    targets = [t.column for t in catalog.targets]
+    reused_pairs = sum(e.reused for e in extracts)
     identifier = ds.dataset_id(extracts, options.identity(), digest, code_hash, events.sha256 if events is not None else None)
     datasets_dir = out / "datasets"
     root = datasets_dir / identifier
@@ -568,6 +625,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
                 options.progress,
             )
             clock.lap("baseline models")
+            validation = validation_passed()
             events_record = _events_record(events, options, rows, not_built) if events is not None else None
             manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation, events_record)
             manifest["training"] = {
@@ -582,6 +640,8 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
             pq.write_table(pa.Table.from_pandas(evaluation.predictions, preserve_index=False), tmp / "evaluation" / "test_predictions.parquet", **ex.PARQUET_OPTIONS | {"use_dictionary": ["pair"]})
             selection.importances.to_csv(tmp / "importances.csv", index=False)
             (tmp / "validation.json").write_text(json.dumps({"summary": validation.get("summary", []), "checked": validation.get("checked", {})}, indent=2) + "\n")
+    else:
+        validation_passed()
     manifest = json.loads((root / "manifest.json").read_text())
     metrics = pd.read_csv(root / "evaluation" / "metrics.csv")
     predictions = pq.read_table(root / "evaluation" / "test_predictions.parquet").to_pandas()

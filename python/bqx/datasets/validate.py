@@ -460,6 +460,20 @@ def check_lookahead(
     return problems, histories
 
 
+def _lookahead_result(lookahead: Any, failed: bool) -> tuple[list[Problem], dict[Cut, History]]:
+    """The look-ahead rebuilds' problems and histories; none when they did not run or when the
+    per-pair checks already failed (then an error of the rebuilds is not the one to report)."""
+    if lookahead is None:
+        return [], {}
+    try:
+        found, histories = lookahead.result()
+    except Exception:
+        if failed:
+            return [], {}
+        raise
+    return ([], {}) if failed else (found, histories)
+
+
 def validate(
     dsn: str,
     extracts: Sequence[PairExtract],
@@ -473,7 +487,14 @@ def validate(
     dbt_vars: dict[str, Any],
     progress: bool = True,
 ) -> ValidationReport:
-    """Every check above on every pair; problems are collected, not raised."""
+    """Every check above on every pair; problems are collected, not raised.
+
+    The look-ahead rebuilds (dbt and the server, mostly) run in a thread beside the per-pair
+    checks (the client reading and scanning the files), so the two overlap on two cores. Their
+    result counts only when every pair passed: a pair that fails its checks is what the report
+    names, and the rebuilds' findings would follow from it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     features = [f.matrix_column for f in catalog.features]
@@ -481,23 +502,27 @@ def validate(
     models = sorted({f.model for f in catalog.features})
     rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}  # one line each (bqx.catalog)
     report = ValidationReport()
-    with connect(dsn) as conn:
-        for extract in tqdm(extracts, desc="validate", disable=not progress, leave=False):
-            report.problems += check_columns(extract, features, targets)
-            if report.problems:
-                continue
-            table = pq.read_table(extract.path)  # one pair at a time
-            report.problems += check_values(extract, [*features, *targets], table)
-            report.problems += check_target_nulls(extract, catalog, table)
-            report.problems += check_fresh(conn, extract, models, end_ts)
-            report.problems += check_nulls(dsn, extract, catalog, rules, table)
-            del table
-            report.problems += check_targets(dsn, extract, catalog, target_checks, seed)
-    cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed) if not report.problems else []
-    histories: dict[Cut, History] = {}
-    if cuts:
-        found, histories = check_lookahead(dsn, extracts, features, cuts, dbt_vars, work, progress)
-        report.problems += found
+    cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        lookahead = background.submit(check_lookahead, dsn, extracts, features, cuts, dbt_vars, work, progress) if cuts else None
+        # when a check raises, leaving the executor still waits for the rebuilds (their thread
+        # drops its scratch databases) and their outcome stays unread
+        with connect(dsn) as conn:
+            for extract in tqdm(extracts, desc="validate", disable=not progress, leave=False):
+                report.problems += check_columns(extract, features, targets)
+                if report.problems:
+                    continue
+                table = pq.read_table(extract.path)  # one pair at a time
+                report.problems += check_values(extract, [*features, *targets], table)
+                report.problems += check_target_nulls(extract, catalog, table)
+                report.problems += check_fresh(conn, extract, models, end_ts)
+                report.problems += check_nulls(dsn, extract, catalog, rules, table)
+                del table
+                report.problems += check_targets(dsn, extract, catalog, target_checks, seed)
+        found, histories = _lookahead_result(lookahead, failed=bool(report.problems))
+    if report.problems:
+        cuts = []
+    report.problems += found
     rows = sum(e.rows for e in extracts)
     report.checked = {
         "pairs": len(extracts),
