@@ -538,38 +538,56 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     reused_pairs = sum(e.reused for e in extracts)
     _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
     digest = catalog_hash(catalog)
-    # the validation reads the extracted files and the database and writes only its own record,
-    # so it runs in a thread beside the steps that follow (selection, datasets, models use the
-    # cores in bursts); nothing is published before it passed, and if a later step fails while
-    # it found problems, its error is the one reported (bad data is the cause)
     with ThreadPoolExecutor(1) as background:
-        _status("validating beside the next steps", options)
-        validation_run = background.submit(_timed, validated, dsn, extracts, catalog, dataclasses.replace(options, progress=False), end_ts, digest)
+        validation = BackgroundValidation(background, lambda: validated(dsn, extracts, catalog, dataclasses.replace(options, progress=False), end_ts, digest), clock)
         try:
-            return _build_from_extracts(
-                options, catalog, dsn, extracts, events, digest, code_hash, builder_state, clock, lambda: _await_validation(validation_run, clock)
-            )
+            return _build_from_extracts(options, catalog, dsn, extracts, events, digest, code_hash, builder_state, clock, validation)
         except BaseException:
-            try:
-                validation_run.result()
-            except Exception as failure:
-                raise failure from None
+            validation.raise_if_failed()  # bad data is the cause to report, not the step it broke
             raise
 
 
-def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    value = function(*args)
-    return value, time.perf_counter() - started
+@dataclass
+class BackgroundValidation:
+    """The validation in a thread beside the steps after the selection (the datasets and the
+    models). It reads only the extracted files and the database, so nothing waits for it but
+    the publication: its record is awaited before the dataset is renamed into place. It starts
+    after the selection, not at once: started with it, at FX-year size, it took the selection
+    from 44.6 to 87.8 s (the forests use both cores) and the peak RSS from 3.2 to 4.5 GiB (both
+    held a pair's columns at a time)."""
 
+    pool: ThreadPoolExecutor
+    run: Callable[[], dict[str, Any]]
+    clock: StepClock
+    future: Future | None = None
 
-def _await_validation(validation_run: Future, clock: StepClock) -> dict[str, Any]:
-    """The validation's record once it passed (its DatasetError if not). The step 'validate' is
-    the time waited for it; 'validation alongside' its own duration beside the other steps."""
-    record, seconds = validation_run.result()
-    clock.lap("validate")
-    clock.seconds["validation alongside"] = seconds
-    return record
+    def start(self) -> None:
+        if self.future is None:
+            self.future = self.pool.submit(self._timed)
+
+    def _timed(self) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        record = self.run()
+        return record, time.perf_counter() - started
+
+    def record(self) -> dict[str, Any]:
+        """The validation's record once it passed (its DatasetError if not). The step 'validate'
+        is the time waited for it; 'validation alongside' its own duration."""
+        self.start()
+        assert self.future is not None
+        record, seconds = self.future.result()
+        self.clock.lap("validate")
+        self.clock.seconds["validation alongside"] = seconds
+        return record
+
+    def raise_if_failed(self) -> None:
+        """Run it (if a step failed before it started) and raise its error if it found problems."""
+        self.start()
+        assert self.future is not None
+        try:
+            self.future.result()
+        except Exception as failure:
+            raise failure from None
 
 
 def _build_from_extracts(
@@ -582,10 +600,10 @@ def _build_from_extracts(
     code_hash: str,
     builder_state: dict[str, Any],
     clock: StepClock,
-    validation_passed: Callable[[], dict[str, Any]],
+    background_validation: BackgroundValidation,
 ) -> BuildResult:
     """Split, select, write the datasets, fit the models and write the report (or reuse a
-    dataset built from the same inputs); `validation_passed()` waits for the validation."""
+    dataset built from the same inputs); nothing is published before the validation passed."""
     out = options.out
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
@@ -608,6 +626,8 @@ def _build_from_extracts(
         _status(f"selecting {options.top_n} of {len(candidates)} candidates (forest on {options.selection_sample:,} training rows)", options)
         selection = run_selection(rows, [r.assignment.part for r in rows], candidates, targets, options)
         clock.lap("select")
+        _status("validating beside the next steps", options)
+        background_validation.start()
         datasets_dir.mkdir(parents=True, exist_ok=True)
         with temporary_path(root) as tmp:
             tmp.mkdir()
@@ -625,7 +645,7 @@ def _build_from_extracts(
                 options.progress,
             )
             clock.lap("baseline models")
-            validation = validation_passed()
+            validation = background_validation.record()
             events_record = _events_record(events, options, rows, not_built) if events is not None else None
             manifest = build_manifest(identifier, options, catalog, plan, rows, counts, selection, types, folds, builder_state, digest, validation, events_record)
             manifest["training"] = {
@@ -641,7 +661,7 @@ def _build_from_extracts(
             selection.importances.to_csv(tmp / "importances.csv", index=False)
             (tmp / "validation.json").write_text(json.dumps({"summary": validation.get("summary", []), "checked": validation.get("checked", {})}, indent=2) + "\n")
     else:
-        validation_passed()
+        background_validation.record()
     manifest = json.loads((root / "manifest.json").read_text())
     metrics = pd.read_csv(root / "evaluation" / "metrics.csv")
     predictions = pq.read_table(root / "evaluation" / "test_predictions.parquet").to_pandas()
