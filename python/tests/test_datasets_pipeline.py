@@ -72,6 +72,7 @@ def built(wave1_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Built:
 
     def fit_spy(train: tr.TrainingSet, *args: Any, **kwargs: Any) -> tr.Evaluation:
         seen["training"].append(train)
+        seen.setdefault("stopping", []).append(kwargs.get("stopping"))
         return real_fit(train, *args, **kwargs)
 
     opts = options(tmp_path_factory.mktemp("datasets_out"), walk_forward=2)
@@ -104,6 +105,14 @@ def test_selection_and_models_see_training_rows_only(built: Built) -> None:
         assert max(fit.target_end_us.max(), holdout.target_end_us.max()) <= _us(fold["train_end"])
     train = built.seen["training"][0]
     assert train.known_at_us.max() <= b1 and train.y.shape[0] == built.manifest["training"]["train_rows_sampled"]
+    # the boosting's early stopping watches val rows only: none of train, none of test
+    b2 = _us(built.manifest["split"]["boundaries"]["val_end"])
+    stopping = built.seen["stopping"][0]
+    assert stopping is not None and stopping.y.shape[0] == built.manifest["training"]["val_rows_sampled_for_early_stopping"] > 0
+    assert stopping.known_at_us.min() > b1 and stopping.known_at_us.max() <= b2
+    assert np.isfinite(stopping.y).all()
+    for tuning in built.manifest["training"]["tuning"].values():
+        assert 1 <= tuning["boosting_iterations"] <= tuning["boosting_iterations_fitted"] <= tr.BOOSTING["max_iter"]
 
 
 def test_boundaries_are_shared_and_no_target_window_crosses_them(built: Built) -> None:

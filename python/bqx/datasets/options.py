@@ -49,6 +49,9 @@ class BuilderOptions:
     forest: str = _opt("extra", "selection forest: extra (ExtraTrees: random thresholds, ~10x faster) or random (RandomForest)", choices=("extra", "random"))
     forest_trees: int = _opt(100, "trees of the selection forest")
     train_sample: int = _opt(100_000, "training rows (seeded) the baseline models are fit on; every val and test row is scored")
+    stopping_sample: int = _opt(
+        100_000, "val rows (seeded) whose loss stops the boosting after 10 iterations without improvement; every val row then chooses its iterations"
+    )
     seed: int = _opt(20240701, "seed of every sample, forest and model")
     lookahead_cuts: int = _opt(4, "rows whose features are rebuilt from bars cut at their minute (no-look-ahead proof); 0 skips it (recorded)")
     target_checks: int = _opt(200, "rows per pair whose targets are recomputed from m1_index")
@@ -161,7 +164,7 @@ def check_options(options: BuilderOptions) -> None:
     for name in ("embargo_bars", "walk_forward", "lookahead_cuts", "target_checks"):
         if getattr(options, name) < 0:
             raise DatasetError(f"--{name.replace('_', '-')} cannot be negative")
-    for name in ("top_n", "selection_sample", "holdout_rows", "forest_trees", "train_sample"):
+    for name in ("top_n", "selection_sample", "holdout_rows", "forest_trees", "train_sample", "stopping_sample"):
         if getattr(options, name) <= 0:
             raise DatasetError(f"--{name.replace('_', '-')} must be positive")
     options.dbt_var_overrides()

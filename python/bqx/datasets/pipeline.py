@@ -304,16 +304,16 @@ def _chunks(root: Path, part: str, selected: Sequence[str], targets: Sequence[st
         yield _chunk(table, selected, targets)
 
 
-def training_set(root: Path, selected: Sequence[str], targets: Sequence[str], size: int, seed: int, longest_horizon: int) -> tuple[tr.TrainingSet, int]:
-    """A seeded sample of the written train part (all of it when smaller than `size`)."""
-    files = ds.part_files(root, "train")
+def part_sample(root: Path, part: str, selected: Sequence[str], targets: Sequence[str], size: int, seed: int | Sequence[int]) -> tuple[tr.TrainingSet, int]:
+    """A seeded sample of the written `part` (all of it when smaller than `size`) and its rows."""
+    files = ds.part_files(root, part)
     counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
     total = sum(counts)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
     offsets = np.cumsum([0, *counts])
     xs, ys, known, pairs = [], [], [], []
-    for index, table in enumerate(ds.iter_part(root, "train", ["pair", "known_at", *selected, *targets])):
+    for index, table in enumerate(ds.iter_part(root, part, ["pair", "known_at", *selected, *targets])):
         local = chosen[(chosen >= offsets[index]) & (chosen < offsets[index + 1])] - offsets[index]
         # the sampled rows are taken in Arrow first, not after converting the pair's whole part
         # to float64 (100k rows are kept of 7M at FX-year size)
@@ -635,7 +635,9 @@ def _build_from_extracts(
             counts, types, folds = _write_dataset(tmp, rows, plan, catalog, options, candidates, selection, event_schema)
             clock.lap("write datasets")
             _status("fitting the baseline models", options)
-            train_set, train_rows = training_set(tmp, selection.selected, targets, options.train_sample, options.seed, plan.longest_horizon)
+            train_set, train_rows = part_sample(tmp, "train", selection.selected, targets, options.train_sample, options.seed)
+            # its own stream of the seed: the val sample does not follow the training sample's draws
+            stopping_set, _ = part_sample(tmp, "val", selection.selected, targets, options.stopping_sample, [options.seed, 1])
             evaluation = tr.fit_and_score(
                 train_set,
                 lambda: _chunks(tmp, "val", selection.selected, targets),
@@ -643,7 +645,9 @@ def _build_from_extracts(
                 targets,
                 options.seed,
                 options.progress,
+                stopping=stopping_set,
             )
+            del stopping_set
             clock.lap("baseline models")
             validation = background_validation.record()
             events_record = _events_record(events, options, rows, not_built) if events is not None else None
@@ -651,8 +655,9 @@ def _build_from_extracts(
             manifest["training"] = {
                 "train_rows": train_rows,
                 "train_rows_sampled": int(train_set.y.shape[0]),
+                "val_rows_sampled_for_early_stopping": int(evaluation.stopping_rows),
                 "tuning": evaluation.tuning,
-                "models": {"ridge_alphas": list(tr.RIDGE_ALPHAS), "boosting": tr.BOOSTING},
+                "models": {"ridge_alphas": list(tr.RIDGE_ALPHAS), "boosting": tr.BOOSTING | tr.EARLY_STOPPING},
             }
             ds.write_manifest(tmp, manifest)
             (tmp / "evaluation").mkdir()

@@ -21,6 +21,11 @@ import pandas as pd
 
 RIDGE_ALPHAS = (1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
 BOOSTING = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 15, "min_samples_leaf": 500, "l2_regularization": 1.0}
+# with a val sample given: fitting stops once 10 iterations in a row did not lower its loss
+# (the iterations past that point are never chosen on generated bars, and each costs a tree
+# fit on train and a prediction of every val row); the iteration kept is then still chosen on
+# every val row, among those fitted
+EARLY_STOPPING = {"early_stopping": True, "scoring": "loss", "n_iter_no_change": 10, "tol": 1e-7}
 MODELS = ("zero", "ridge", "boosting")
 
 
@@ -48,6 +53,7 @@ class Evaluation:
     metrics: pd.DataFrame  # part, model, target, pair (or "all"), rows, r2
     tuning: dict[str, dict[str, float]]  # per target: ridge alpha, boosting iterations
     predictions: pd.DataFrame  # test rows: pair, known_at, per target y and each model's y_hat
+    stopping_rows: int = 0  # val rows the boosting's early stopping watched (0: none, all iterations fit)
 
 
 def _preprocessing():  # noqa: ANN202
@@ -65,10 +71,11 @@ def _ridges(transformed: np.ndarray, y: np.ndarray) -> list:
     return [Ridge(alpha=alpha).fit(transformed, y) for alpha in RIDGE_ALPHAS]
 
 
-def _boosting(seed: int):  # noqa: ANN202
+def _boosting(seed: int, early_stopping: bool):  # noqa: ANN202
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    return HistGradientBoostingRegressor(early_stopping=False, random_state=seed, **BOOSTING)
+    stopping = EARLY_STOPPING if early_stopping else {"early_stopping": False}
+    return HistGradientBoostingRegressor(random_state=seed, **BOOSTING, **stopping)
 
 
 def r2_against_zero(sse: float, sum_y2: float) -> float:
@@ -82,11 +89,14 @@ def fit_and_score(
     targets: Sequence[str],
     seed: int,
     progress: bool = True,
+    stopping: TrainingSet | None = None,
 ) -> Evaluation:
     """Fit each target's models on `train`, choose their settings on val, score test once.
 
-    Val is read once for every target (not once per target), and each chunk goes through the
-    imputer and scaler once for every ridge of every target (they are fit once, on train)."""
+    `stopping`, a sample of val rows, stops each boosting fit early (EARLY_STOPPING); the
+    iterations kept are then chosen on every val row. Val is read once for every target (not
+    once per target), and each chunk goes through the imputer and scaler once for every ridge
+    of every target (they are fit once, on train)."""
     from tqdm import tqdm
 
     tuning: dict[str, dict[str, float]] = {}
@@ -97,7 +107,10 @@ def fit_and_score(
     boostings = []
     for t in tqdm(range(len(targets)), desc="baseline models", disable=not progress, leave=False):
         ridges.append(_ridges(transformed, train.y[:, t]))
-        boostings.append(_boosting(seed).fit(train.x, train.y[:, t]))
+        if stopping is not None and stopping.y.shape[0]:
+            boostings.append(_boosting(seed, True).fit(train.x, train.y[:, t], X_val=stopping.x, y_val=stopping.y[:, t]))
+        else:
+            boostings.append(_boosting(seed, False).fit(train.x, train.y[:, t]))
     del transformed
     # every ridge of every target predicts in one matrix product per chunk: the chunk is read
     # once instead of once per ridge (9 penalties x 4 targets), the same sums X·coef + intercept
@@ -115,7 +128,7 @@ def fit_and_score(
     for t, target in enumerate(targets):
         best_ridge = int(np.argmin(ridge_sse[t]))
         best_stage = int(np.argmin(stage_sse[t]))
-        tuning[target] = {"ridge_alpha": RIDGE_ALPHAS[best_ridge], "boosting_iterations": best_stage + 1}
+        tuning[target] = {"ridge_alpha": RIDGE_ALPHAS[best_ridge], "boosting_iterations": best_stage + 1, "boosting_iterations_fitted": int(boostings[t].n_iter_)}
         fitted[target] = {"ridge": ridges[t][best_ridge], "boosting": boostings[t], "stage": best_stage}
 
     sums: dict[tuple[str, str, str], list[float]] = {}
@@ -149,7 +162,8 @@ def fit_and_score(
         ]
     )
     predictions = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Evaluation(metrics=metrics, tuning=tuning, predictions=predictions)
+    stopping_rows = int(stopping.y.shape[0]) if stopping is not None else 0
+    return Evaluation(metrics=metrics, tuning=tuning, predictions=predictions, stopping_rows=stopping_rows)
 
 
 def _stage(model, x: np.ndarray, stage: int) -> np.ndarray:  # noqa: ANN001
