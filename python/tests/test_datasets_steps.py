@@ -1,5 +1,5 @@
 """The dataset builder's steps on generated arrays (no database): split, lags, selection,
-the float32 decision."""
+the baseline models' early stopping, the float32 decision."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from bqx.datasets import extract as ex
 from bqx.datasets import lags as lg
 from bqx.datasets import select as sel
 from bqx.datasets import split as sp
+from bqx.datasets import train as tr
 
 MINUTE = sp.MINUTE_US
 T0 = 1_719_792_000_000_000  # 2024-07-01 00:00 UTC in µs
@@ -203,3 +204,33 @@ def test_a_leaking_assignment_is_refused(three_pairs: list[sp.PairKeys]) -> None
         part[rows] = code
         with pytest.raises(AssertionError, match="target window"):
             sp.check_assignment(keys.pair, keys.known_at_us, end, sp.Assignment(part, assignment.counts), cuts, last_open_part=True)
+
+
+def _training_set(x: np.ndarray, y: np.ndarray) -> tr.TrainingSet:
+    known = np.arange(y.shape[0], dtype=np.int64)
+    return tr.TrainingSet(x, y, known, known, np.full(y.shape[0], "EURUSD"))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-4])
+def test_boosting_early_stopping_follows_val_at_any_target_scale(scale: float) -> None:
+    """The boosting stops on the val sample's loss the same whether the target is of order 1 or
+    of a 15-minute BQX move (1e-4, a loss of ~1e-8): on a learnable target it fits on until val
+    stops improving, on noise it stops after the 10 iterations without improvement. (An absolute
+    tolerance of 1e-7, scikit-learn's default, stopped every fit of a small target at 10.)"""
+    rng = np.random.default_rng(3)
+    n = 30_000
+    x = rng.standard_normal((3 * n, 4))
+    signal = np.sin(2 * x[:, 0]) + 0.5 * x[:, 1] * x[:, 2]
+    y = scale * np.column_stack([signal + 0.3 * rng.standard_normal(3 * n), rng.standard_normal(3 * n)])
+    train, val, test = (slice(i * n, (i + 1) * n) for i in range(3))
+
+    def chunks(part: slice):  # noqa: ANN202
+        return lambda: iter([tr.Chunk("EURUSD", np.arange(n, dtype=np.int64), x[part], y[part])])
+
+    evaluation = tr.fit_and_score(_training_set(x[train], y[train]), chunks(val), chunks(test), ["learnable", "noise"], 1, False, stopping=_training_set(x[val], y[val]))
+    learnable, noise = evaluation.tuning["learnable"], evaluation.tuning["noise"]
+    assert learnable["boosting_iterations_fitted"] > 30 and learnable["boosting_iterations"] > 20, learnable
+    assert noise["boosting_iterations_fitted"] < 30, noise
+    assert evaluation.stopping_rows == n
+    r2 = evaluation.metrics.set_index(["model", "target", "pair"])["r2"]
+    assert r2[("boosting", "learnable", "all")] > 0.5

@@ -265,8 +265,10 @@ def write_report(
         "![R² heat-map](r2_heatmap.png)",
         "",
         "Settings chosen on val: "
-        + "; ".join(f"{t.replace('target_bqx_', '')}: alpha {v['ridge_alpha']:g}, {int(v['boosting_iterations'])} iterations" for t, v in manifest["training"]["tuning"].items())
-        + f". Fit on {manifest['training']['train_rows_sampled']:,} of {manifest['training']['train_rows']:,} training rows (seeded sample).",
+        + "; ".join(f"{t.replace('target_bqx_', '')}: alpha {v['ridge_alpha']:g}, {_iterations(v)}" for t, v in manifest["training"]["tuning"].items())
+        + f". Fit on {manifest['training']['train_rows_sampled']:,} of {manifest['training']['train_rows']:,} training rows (seeded sample)"
+        + _stopping_note(manifest["training"])
+        + ".",
         "",
         "![R² over time](r2_over_time.png)",
         "",
@@ -303,3 +305,15 @@ def write_report(
     path = folder / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _iterations(tuning: dict[str, Any]) -> str:
+    """The boosting iterations chosen on val (and how many were fitted, when it stopped early)."""
+    chosen = f"{int(tuning['boosting_iterations'])} iterations"
+    fitted = tuning.get("boosting_iterations_fitted")
+    return f"{chosen} of {int(fitted)} fitted" if fitted is not None else chosen
+
+
+def _stopping_note(training: dict[str, Any]) -> str:
+    rows = training.get("val_rows_sampled_for_early_stopping", 0)
+    return f"; the boosting stopped after 10 iterations without improvement on {rows:,} val rows (seeded sample)" if rows else ""
