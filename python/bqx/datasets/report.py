@@ -315,5 +315,9 @@ def _iterations(tuning: dict[str, Any]) -> str:
 
 
 def _stopping_note(training: dict[str, Any]) -> str:
+    """How the boosting stopped, as the manifest records it (its settings, not today's code's)."""
     rows = training.get("val_rows_sampled_for_early_stopping", 0)
-    return f"; the boosting stopped after 10 iterations without improvement on {rows:,} val rows (seeded sample)" if rows else ""
+    if not rows:
+        return ""
+    patience = training["models"]["boosting"]["n_iter_no_change"]
+    return f"; the boosting stopped after {patience} iterations without improvement on {rows:,} val rows (seeded sample)"
