@@ -117,7 +117,7 @@ from (
                     floor(target_closes.close_idx * {{ 2 ** whole_bits }}) as close_whole
                     {{- planner_fence_column('target_closes') }}
                 from {{ source }} as target_closes
-                {{ planner_fence() }}
+                {{ planner_fence('target_closes') }}
             ) as whole_closes
         ) as scaled_closes
     ) as target_parts
