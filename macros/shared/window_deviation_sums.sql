@@ -34,17 +34,25 @@
     expression (or lag) that reads them, which would recompute them per use: the families read
     each window sum several times (the shift s = Σd/W alone up to ten times in the kurtosis).
 -#}
+{#- The windows (sorted, distinct) cut the bars back from t into segments between consecutive
+    windows: one dict per window W_i, {'window': W_i, 'back': W_(i-1), 'length': W_i − W_(i-1)}
+    (W_0 = 0): segment i holds bars t−W_i+1 .. t−W_(i-1), and window W_i is segments 1 .. i. -#}
+{% macro window_segments(windows) -%}
+{%- set segments = [] -%}
+{%- set ns = namespace(previous=0) -%}
+{%- for window in windows | map('int') | unique | sort -%}
+    {%- do segments.append({'window': window, 'back': ns.previous, 'length': window - ns.previous}) -%}
+    {%- set ns.previous = window -%}
+{%- endfor -%}
+{{ return(segments) }}
+{%- endmacro %}
+
+
 {% macro window_deviation_sums_ctes(prefix, rows_cte, series, windows, max_power, with_extremes=false) -%}
 {%- if max_power < 1 or max_power > 4 -%}
     {{ exceptions.raise_compiler_error("window_deviation_sums_ctes: max_power must be 1 .. 4, got " ~ max_power) }}
 {%- endif -%}
-{%- set windows = windows | map('int') | unique | sort | list -%}
-{%- set segments = [] -%}
-{%- set ns = namespace(previous=0) -%}
-{%- for window in windows -%}
-    {%- do segments.append({'window': window, 'back': ns.previous, 'length': window - ns.previous}) -%}
-    {%- set ns.previous = window -%}
-{%- endfor -%}
+{%- set segments = window_segments(windows) -%}
 {%- set lengths = segments | map(attribute='length') | unique | sort | list -%}
 {%- set longest_block = lengths | last -%}
 {%- set binomial = {1: [1, 1], 2: [1, 2, 1], 3: [1, 3, 3, 1], 4: [1, 4, 6, 4, 1]} -%}
