@@ -91,8 +91,8 @@
     float8 sums of integers, exact while the running totals stay below 2^53, and differences of
     exact totals do not depend on where the read started. The price × volume sums are not
     integers: each window's is the float8 sum of its segments (window_segments: the bars between
-    consecutive windows), each segment a moving-frame sum of its own bars read by one lag, so a
-    window's sum depends on its own bars only, added in a fixed order. Either way an incremental
+    consecutive windows), each segment's sum (a sum of lags over its own bars) read by one lag, so
+    a window's sum depends on its own bars only, added in a fixed order. Either way an incremental
     run equals a full build bit for bit. (A numeric running total did the same exactly, but its
     float8 ↔ numeric conversions go through text: 23% of the model, measured.) -#}
 {% macro volume_features_sql(source) -%}
@@ -109,8 +109,9 @@ with volume_steps as (
         bars.volume,
         bars.volume * bars.volume as volume_squared,
         {%- for length in lengths %}
-        -- Σ typical·volume over the {{ length }} bars ending at this one (a segment's sum; lags
-        -- cost less than a moving frame, which re-aggregates float8 row by row)
+        -- Σ typical·volume over the {{ length }} bars ending at this one (a segment's sum; a
+        -- moving frame, which re-aggregates float8 row by row, measured the same: 48.0 against
+        -- 47.0 s, medians of 5 on 28 pairs × 3 months)
         {%- for back in range(length) %}
         {% if back == 0 %}{{ price_volume }}{% else %}lag({{ price_volume }}, {{ back }}) over bars_in_order{% endif %}
         {{- ' +' if not loop.last else ' as price_volume_block_l' ~ length ~ ',' }}
