@@ -30,6 +30,27 @@
 {%- endmacro %}
 
 
+{#- The windows that cut the spike window (N = spike_window returns) into segments for
+    window_deviation_sums_ctes: n segments of ~L bars, L the smallest with L² ≥ 3N, which makes the
+    lags per row, (L − 1) + 3 (n − 1), about the fewest (N = 60: 12, 24, 36, 48, 60, 23 lags). -#}
+{% macro spike_segment_windows() -%}
+    {%- set window = data_quality_settings().spike_window -%}
+    {%- if window < 2 -%}
+        {{ exceptions.raise_compiler_error("var spike_window must be at least 2 (a sample standard deviation), got " ~ window) }}
+    {%- endif -%}
+    {%- set ns = namespace(length=1) -%}
+    {%- for length in range(1, window + 1) if ns.length * ns.length < 3 * window -%}
+        {%- set ns.length = length + 1 -%}
+    {%- endfor -%}
+    {%- set count = (window + ns.length - 1) // ns.length -%}
+    {%- set windows = [] -%}
+    {%- for segment in range(1, count + 1) -%}
+        {%- do windows.append(window * segment // count) -%}
+    {%- endfor -%}
+    {{ return(windows) }}
+{%- endmacro %}
+
+
 {#- Bars read before the first new bar of an incremental run: the longest gap span and the
     spike window (which needs one more close for its first return). -#}
 {% macro data_quality_lookback_bars() -%}
@@ -119,6 +140,9 @@ with bar_steps as (
         (extract(epoch from bars.ts_utc - lag(bars.ts_utc) over bars_in_order) / 60)::integer
             as minutes_since_prev_bar,
         ln(bars.close_idx / lag(bars.close_idx) over bars_in_order) as log_return,
+        -- r[t-1], the same operations on the same closes as log_return one bar back (bit for bit)
+        ln(lag(bars.close_idx, 1) over bars_in_order / lag(bars.close_idx, 2) over bars_in_order)
+            as previous_return,
         coalesce(bars.close_idx <> lag(bars.close_idx) over bars_in_order, true) as close_changed,
         row_number() over bars_in_order as bar_number,
         {%- if built is not none %}
@@ -147,32 +171,49 @@ with bar_steps as (
     window bars_in_order as (partition by bars.pair order by bars.ts_utc)
 ),
 
+{#- The previous N returns r[t-N] .. r[t-1] are the window of N values of previous_return ending
+    at t: their sums of deviations from r[t-1] (one of them, so every term is of the window's own
+    scale) give the sample variance. A stddev_samp over a moving frame re-aggregated all N returns
+    for every row (float8 aggregates have no inverse transition): two thirds of the model's time. #}
+{{ window_deviation_sums_ctes(
+    'spike', 'bar_steps', 'previous_return', spike_segment_windows(), 2,
+    carried=['minutes_since_prev_bar', 'log_return', 'close_changed', 'bar_number', 'built_run'],
+) }},
+
 bar_histories as (
     select
-        bar_steps.pair,
-        bar_steps.ts_utc,
-        bar_steps.is_new,
-        bar_steps.minutes_since_prev_bar,
-        bar_steps.log_return,
-        bar_steps.bar_number,
+        spike_sums.pair,
+        spike_sums.ts_utc,
+        spike_sums.is_new,
+        spike_sums.minutes_since_prev_bar,
+        spike_sums.log_return,
+        spike_sums.bar_number,
         -- the bar that started the current run of equal closes
-        max(case when bar_steps.close_changed then bar_steps.bar_number end) over running as run_start_bar,
+        max(case when spike_sums.close_changed then spike_sums.bar_number end) over running as run_start_bar,
         -- the last bar that opened a gap: a running max, O(1) per row whatever the span
         max(
-            case when bar_steps.minutes_since_prev_bar > {{ settings.gap_limit_minutes }} then bar_steps.bar_number end
+            case when spike_sums.minutes_since_prev_bar > {{ settings.gap_limit_minutes }} then spike_sums.bar_number end
         ) over running as last_gap_bar,
-        first_value(bar_steps.built_run) over running as first_built_run,
-        count(bar_steps.log_return) over previous_returns as previous_return_count,
-        stddev_samp(bar_steps.log_return) over previous_returns as previous_return_std
-    from bar_steps
+        first_value(spike_sums.built_run) over running as first_built_run,
+        -- NULL unless the N previous returns all exist; s = mean - r[t-1], the variance about the
+        -- mean Σd²/N - s² clamped at 0 against rounding (greatest() skips NULL: hence the case),
+        -- times N / (N - 1) for ddof 1
+        case
+            when spike_sums.dev_sum_1_w{{ spike_window }} is not null
+                then sqrt(
+                    greatest(
+                        spike_sums.dev_sum_2_w{{ spike_window }} / {{ spike_window }}.0
+                        - (spike_sums.dev_sum_1_w{{ spike_window }} / {{ spike_window }}.0)
+                        * (spike_sums.dev_sum_1_w{{ spike_window }} / {{ spike_window }}.0),
+                        0
+                    ) * {{ spike_window }}.0 / {{ spike_window - 1 }}.0
+                )
+        end as previous_return_std
+    from spike_sums
     window
         running as (
-            partition by bar_steps.pair order by bar_steps.ts_utc
+            partition by spike_sums.pair order by spike_sums.ts_utc
             rows between unbounded preceding and current row
-        ),
-        previous_returns as (
-            partition by bar_steps.pair order by bar_steps.ts_utc
-            rows between {{ spike_window }} preceding and 1 preceding
         )
 )
 
@@ -186,15 +227,9 @@ select
         -- the run that began before the first bar read continues the run already built there
         + case when bar_histories.run_start_bar = 1 then coalesce(bar_histories.first_built_run, 1) - 1 else 0 end
     )::bigint as unchanged_close_run,
-    case
-        when bar_histories.previous_return_count = {{ spike_window }}
-            then abs(bar_histories.log_return) / nullif(bar_histories.previous_return_std, 0)
-    end as spike_score_w{{ spike_window }},
-    case
-        when bar_histories.previous_return_count = {{ spike_window }}
-            then abs(bar_histories.log_return)
-            > {{ settings.spike_sigma_multiple }} * bar_histories.previous_return_std
-    end as spike_flag_w{{ spike_window }},
+    abs(bar_histories.log_return) / nullif(bar_histories.previous_return_std, 0) as spike_score_w{{ spike_window }},
+    abs(bar_histories.log_return)
+    > {{ settings.spike_sigma_multiple }} * bar_histories.previous_return_std as spike_flag_w{{ spike_window }},
     {%- for family, span in data_quality_gap_spans().items() %}
     -- a gap opened by one of the bars t-{{ span - 2 }} ... t lies inside the {{ span }} bars read
     case

@@ -3,8 +3,9 @@
 
 {#-
     CTEs `<prefix>_lags`, `<prefix>_blocks`, `<prefix>_segments`, `<prefix>_shifted` and
-    `<prefix>_sums` over `rows_cte` (columns pair, ts_utc, is_new and `series`). `<prefix>_sums`
-    holds pair, ts_utc, is_new, series_value (y[t]) and, for each W of `windows` and
+    `<prefix>_sums` over `rows_cte` (columns pair, ts_utc, is_new, `series` and the `carried`
+    columns). `<prefix>_sums` holds pair, ts_utc, is_new, series_value (y[t]), the carried columns
+    unchanged and, for each W of `windows` and
     k = 1 .. max_power, dev_sum_k_wW = Σ_{j=1}^{W-1} (y[t-j] - y[t])^k (NULL unless the W values
     y[t-W+1] .. y[t] are all non-NULL), plus window_min_wW / window_max_wW when `with_extremes`
     (meaningful only where dev_sum_1_wW is not NULL).
@@ -48,7 +49,7 @@
 {%- endmacro %}
 
 
-{% macro window_deviation_sums_ctes(prefix, rows_cte, series, windows, max_power, with_extremes=false) -%}
+{% macro window_deviation_sums_ctes(prefix, rows_cte, series, windows, max_power, with_extremes=false, carried=[]) -%}
 {%- if max_power < 1 or max_power > 4 -%}
     {{ exceptions.raise_compiler_error("window_deviation_sums_ctes: max_power must be 1 .. 4, got " ~ max_power) }}
 {%- endif -%}
@@ -63,6 +64,9 @@
         lag_rows.ts_utc,
         lag_rows.is_new,
         lag_rows.{{ series }} as series_value
+        {%- for column in carried %},
+        lag_rows.{{ column }}
+        {%- endfor %}
         {%- for lag in range(1, longest_block) %},
         {%- if with_extremes %}
         lag(lag_rows.{{ series }}, {{ lag }}) over bars_in_order as lag_value_{{ lag }},
@@ -84,6 +88,9 @@
         {{ prefix }}_lags.ts_utc,
         {{ prefix }}_lags.is_new,
         {{ prefix }}_lags.series_value
+        {%- for column in carried %},
+        {{ prefix }}_lags.{{ column }}
+        {%- endfor %}
         {%- for length in lengths %}
         {%- set lags = range(1, length) | list %}
         {%- if lags | length == 0 %},
@@ -127,6 +134,9 @@
         {{ prefix }}_blocks.ts_utc,
         {{ prefix }}_blocks.is_new,
         {{ prefix }}_blocks.series_value
+        {%- for column in carried %},
+        {{ prefix }}_blocks.{{ column }}
+        {%- endfor %}
         {%- for segment in segments %}
         {%- set tag = 'w' ~ segment.window %}
         {%- set block = '_l' ~ segment.length %}
@@ -163,6 +173,9 @@
         {{ prefix }}_segments.ts_utc,
         {{ prefix }}_segments.is_new,
         {{ prefix }}_segments.series_value
+        {%- for column in carried %},
+        {{ prefix }}_segments.{{ column }}
+        {%- endfor %}
         {%- for segment in segments %}
         {%- set tag = 'w' ~ segment.window %}
         {%- set shift = prefix ~ '_segments.segment_shift_' ~ tag %}
@@ -198,6 +211,9 @@
         {{ prefix }}_shifted.ts_utc,
         {{ prefix }}_shifted.is_new,
         {{ prefix }}_shifted.series_value
+        {%- for column in carried %},
+        {{ prefix }}_shifted.{{ column }}
+        {%- endfor %}
         {%- for segment in segments %}
         {%- set covered = segments[:loop.index] %}
         {%- for power in range(1, max_power + 1) %},
