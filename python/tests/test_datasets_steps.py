@@ -152,12 +152,14 @@ def test_planted_lagged_signal_is_selected_in_the_top_5() -> None:
 
 @pytest.mark.parametrize("targets", [1, 3])
 def test_group_permutation_drops_equal_the_forests_own_predict_bit_for_bit(targets: int) -> None:
-    """The permutation step re-predicts only the trees that use a group, on two threads: every
-    drop equals, bit for bit, the drop computed the plain way (the whole forest's predict() on
-    the shuffled rows, the same shuffles drawn in the same order), for one target and several."""
+    """The permutation step sends down each tree again only the rows below a split on the
+    group, from that split, on two threads: every drop equals, bit for bit, the drop computed
+    the plain way (the whole forest's predict() on the shuffled rows, the same shuffles drawn in
+    the same order), for one target and several, with NaN (a NULL feature) in the rows."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3000, 24)).astype(np.float32)
     y = x[:, :3] @ rng.standard_normal((3, targets)) + rng.standard_normal((3000, targets))
+    x[rng.random(x.shape) < 0.05] = np.nan  # the trees learn where missing values go
     y = y[:, 0] if targets == 1 else y
     _, model = sel._mdi(x[:2000], y[:2000], 40, 3)
     holdout_x, holdout_y = x[2000:], y[2000:]
@@ -209,6 +211,29 @@ def test_a_leaking_assignment_is_refused(three_pairs: list[sp.PairKeys]) -> None
 def _training_set(x: np.ndarray, y: np.ndarray) -> tr.TrainingSet:
     known = np.arange(y.shape[0], dtype=np.int64)
     return tr.TrainingSet(x, y, known, known, np.full(y.shape[0], "EURUSD"))
+
+
+def test_ridges_of_every_target_and_penalty_in_one_fit_equal_least_squares() -> None:
+    """The ridges fit at once (one X'X, a penalty per column) equal the ridge solution from an
+    independent least-squares solve of the augmented system [X; sqrt(alpha) I] on centred data,
+    at least as closely as a scikit-learn Ridge fit per target and penalty does."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4000, 12)) @ rng.standard_normal((12, 12))  # correlated columns
+    y = x[:, :2] @ rng.standard_normal((2, 3)) + 3 + rng.standard_normal((4000, 3))
+    coefficients, intercepts = tr._ridges(x, y)
+    assert coefficients.shape == (3, len(tr.RIDGE_ALPHAS), 12) and intercepts.shape == (3, len(tr.RIDGE_ALPHAS))
+    centred, y_centred = x - x.mean(axis=0), y - y.mean(axis=0)
+    for a, alpha in enumerate(tr.RIDGE_ALPHAS):
+        augmented = np.vstack([centred, np.sqrt(alpha) * np.eye(12)])
+        for t in range(3):
+            reference = np.linalg.lstsq(augmented, np.concatenate([y_centred[:, t], np.zeros(12)]), rcond=None)[0]
+            one_fit = Ridge(alpha=alpha).fit(x, y[:, t])
+            scale = np.abs(reference).max()
+            error = np.abs(coefficients[t, a] - reference).max() / scale
+            assert error <= max(2 * np.abs(one_fit.coef_ - reference).max() / scale, 1e-12), (alpha, t, error)
+            assert intercepts[t, a] == pytest.approx(y[:, t].mean() - x.mean(axis=0) @ reference, rel=1e-12, abs=1e-12)
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-4])
