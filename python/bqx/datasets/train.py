@@ -66,11 +66,23 @@ def _preprocessing():  # noqa: ANN202
     return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler())
 
 
-def _ridges(transformed: np.ndarray, y: np.ndarray) -> list:
-    """One ridge per penalty on the (already fitted) imputer + scaler's output of the training rows."""
+def _ridges(transformed: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every target's ridge at every penalty on the (already fitted) imputer + scaler's output
+    of the training rows: coefficients (targets x penalties x features) and intercepts.
+
+    One scikit-learn Ridge fit with one column per (target, penalty) and the penalties as its
+    per-column alpha: its Cholesky solver forms X'X and X'y once and solves X'X + alpha*I per
+    column, where a Ridge per target and penalty formed the same X'X 36 times (9.5 of the
+    31 s of baseline models on 28 pairs x 3 months; 0.1 s against 2.6 s on their own). Its
+    coefficients are as close to an independent least-squares solution as those fits' (tested;
+    on ill-conditioned features both are off by the same ~1e-9 at the smallest penalty)."""
     from sklearn.linear_model import Ridge
 
-    return [Ridge(alpha=alpha).fit(transformed, y) for alpha in RIDGE_ALPHAS]
+    targets = y.shape[1]
+    columns = np.repeat(y, len(RIDGE_ALPHAS), axis=1)  # target-major: each target's penalties side by side
+    ridge = Ridge(alpha=np.tile(RIDGE_ALPHAS, targets), solver="cholesky").fit(transformed, columns)
+    coefficients = ridge.coef_.reshape(targets, len(RIDGE_ALPHAS), -1)
+    return coefficients, np.asarray(ridge.intercept_).reshape(targets, len(RIDGE_ALPHAS))
 
 
 def _boosting(seed: int, early_stopping: bool):  # noqa: ANN202
@@ -105,10 +117,9 @@ def fit_and_score(
     fitted: dict[str, dict[str, object]] = {}
     preprocessing = _preprocessing().fit(train.x)  # the imputer and the scaler see training rows only
     transformed = preprocessing.transform(train.x)
-    ridges: list[list] = []
+    ridge_coefficients, ridge_intercepts = _ridges(transformed, train.y)
     boostings = []
     for t in tqdm(range(len(targets)), desc="baseline models", disable=not progress, leave=False):
-        ridges.append(_ridges(transformed, train.y[:, t]))
         if stopping is not None and stopping.y.shape[0]:
             boostings.append(_boosting(seed, True).fit(train.x, train.y[:, t], X_val=stopping.x, y_val=stopping.y[:, t]))
         else:
@@ -116,8 +127,8 @@ def fit_and_score(
     del transformed
     # every ridge of every target predicts in one matrix product per chunk: the chunk is read
     # once instead of once per ridge (9 penalties x 4 targets), the same sums X·coef + intercept
-    coefficients = np.column_stack([ridge.coef_ for per_target in ridges for ridge in per_target])
-    intercepts = np.array([ridge.intercept_ for per_target in ridges for ridge in per_target])
+    coefficients = ridge_coefficients.reshape(-1, ridge_coefficients.shape[-1]).T
+    intercepts = ridge_intercepts.reshape(-1)
     ridge_sse = np.zeros((len(targets), len(RIDGE_ALPHAS)))
     stage_sse = [np.zeros(boosting.n_iter_) for boosting in boostings]
     for chunk in val():
@@ -131,7 +142,7 @@ def fit_and_score(
         best_ridge = int(np.argmin(ridge_sse[t]))
         best_stage = int(np.argmin(stage_sse[t]))
         tuning[target] = {"ridge_alpha": RIDGE_ALPHAS[best_ridge], "boosting_iterations": best_stage + 1, "boosting_iterations_fitted": int(boostings[t].n_iter_)}
-        fitted[target] = {"ridge": ridges[t][best_ridge], "boosting": boostings[t], "stage": best_stage}
+        fitted[target] = {"ridge": (ridge_coefficients[t, best_ridge], ridge_intercepts[t, best_ridge]), "boosting": boostings[t], "stage": best_stage}
 
     sums: dict[tuple[str, str, str], list[float]] = {}
     frames = []
@@ -144,7 +155,7 @@ def fit_and_score(
             truth = chunk.y[:, t]
             predictions = {
                 "zero": np.zeros_like(truth),
-                "ridge": fitted[target]["ridge"].predict(chunk_transformed),  # type: ignore[union-attr]
+                "ridge": chunk_transformed @ fitted[target]["ridge"][0] + fitted[target]["ridge"][1],  # type: ignore[index]
                 "boosting": _stage(fitted[target]["boosting"], chunk.x, int(fitted[target]["stage"])),  # type: ignore[arg-type]
             }
             frame[f"{target}"] = truth
