@@ -298,7 +298,7 @@ def _plant(extract: ex.PairExtract, column: str, folder: Path, change: Callable[
     table = table.set_column(index, column, pa.array(change(values), type=table.schema.field(column).type, from_pandas=True))
     folder.mkdir(parents=True)
     pq.write_table(table, folder / "part-0.parquet")
-    return dataclasses.replace(extract, path=folder / "part-0.parquet")
+    return dataclasses.replace(extract, path=folder / "part-0.parquet", checks=None)  # a changed file: its recorded facts are gone
 
 
 def test_planted_future_values_are_caught(built: Built, wave1_dsn: str, tmp_path: Path) -> None:
@@ -350,6 +350,20 @@ def test_lookahead_rebuild_holds_only_the_history_the_compared_rows_need(
     monkeypatch.setattr(va, "history_start", lambda conn, c, models: too_short)
     problems, _ = va.check_lookahead(dsn, [extract], features, [cut], {}, tmp_path / "work", progress=False)
     assert problems and all("older bars" in p.rule for p in problems)
+
+
+def test_recorded_file_facts_equal_the_files_scanned(built: Built) -> None:
+    """What the extraction recorded while writing each pair's file (the validation's facts) is
+    what a scan of the written file finds."""
+    from bqx.datasets import facts as fa
+
+    limits = fa.Limits.of(feature_catalog(PROJECT_DIR))
+    folders = sorted((built.options.out / "features").glob("pair=*"))
+    assert folders
+    for folder in folders:
+        extract = ex.load_extract(folder)
+        assert extract is not None and extract.checks is not None, folder
+        assert extract.checks == fa.scan(pq.read_table(extract.path), limits), folder
 
 
 def test_nan_and_forbidden_nulls_are_caught(built: Built, wave1_dsn: str, tmp_path: Path) -> None:
@@ -704,7 +718,7 @@ def _plant_from(extract: ex.PairExtract, columns: list[str], start: pd.Timestamp
         table = table.set_column(index, name, pa.array(np.where(later, values * 2 + 1, values), type=table.schema.field(name).type, from_pandas=True))
     folder.mkdir(parents=True)
     pq.write_table(table, folder / "part-0.parquet")
-    return dataclasses.replace(extract, path=folder / "part-0.parquet")
+    return dataclasses.replace(extract, path=folder / "part-0.parquet", checks=None)  # a changed file: its recorded facts are gone
 
 
 def test_build_datasets_events_on_the_command_line(events_built: EventsBuilt, wave1_dsn: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ the baseline models' early stopping, the float32 decision."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from bqx.datasets import extract as ex
@@ -259,3 +260,49 @@ def test_boosting_early_stopping_follows_val_at_any_target_scale(scale: float) -
     assert evaluation.stopping_rows == n
     r2 = evaluation.metrics.set_index(["model", "target", "pair"])["r2"]
     assert r2[("boosting", "learnable", "all")] > 0.5
+
+
+def _facts_table(n: int, first_bar: int = 1) -> pa.Table:
+    ts = T0 + np.arange(n, dtype=np.int64) * MINUTE
+    feature = np.linspace(1.0, 2.0, n).astype(np.float32)
+    session = np.where(np.arange(n) % 3 == 0, np.nan, 5.0)  # NULL on every third row (a session's minutes)
+    target = np.ones(n)
+    return pa.table(
+        {
+            "pair": pa.array(["EURUSD"] * n),
+            "ts_utc": pa.array(ts, type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "known_at": pa.array(ts + MINUTE, type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "bar_number": pa.array(np.arange(first_bar, first_bar + n, dtype=np.int64)),
+            "feature": pa.array(feature, mask=np.arange(n) < 10),  # NULL in its 10-bar warm-up
+            "session": pa.array(session, from_pandas=True),
+            "target_h5": pa.array(target, mask=np.arange(n) >= n - 5),  # NULL on the last 5 rows
+        }
+    )
+
+
+def test_file_facts_gathered_chunk_by_chunk_equal_the_whole_file_scanned() -> None:
+    """The validation's facts, gathered by the extraction chunk by chunk, are the facts of the
+    whole file: problems found in a later chunk keep their file row, a minute repeated across a
+    chunk boundary is caught, and late NULLs beyond what is kept by row are marked unkept."""
+    from bqx.datasets import facts as fa
+
+    limits = fa.Limits({"feature": 10, "session": 0}, {"target_h5": 5})
+    clean = _facts_table(1000)
+    whole = fa.scan(clean, limits)
+    assert whole == {"unordered_row": None, "nonfinite": {}, "target_nulls": {}, "late_nulls": {"session": {"count": 334, "rows": list(range(0, 1000, 3))}}}
+    broken = clean.to_pydict()
+    broken["ts_utc"][600] = broken["ts_utc"][599]  # a duplicate minute, across a chunk boundary
+    broken["feature"][650] = float("inf")
+    broken["feature"][820] = None  # a NULL after the warm-up
+    broken["target_h5"][400] = None  # a target NULL with 5 later bars
+    broken = pa.table(broken, schema=clean.schema)
+    chunked = fa.FileFacts(limits, broken.num_rows)
+    for start in range(0, broken.num_rows, 300):
+        chunked.add(broken.slice(start, 300), start)
+    assert chunked.record() == fa.scan(broken, limits)
+    assert chunked.record()["unordered_row"] == 600 and chunked.record()["nonfinite"] == {"feature": 650}
+    assert chunked.record()["target_nulls"] == {"target_h5": 400}
+    assert chunked.record()["late_nulls"]["feature"] == {"count": 1, "rows": [820]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fa, "LATE_NULL_ROWS_KEPT", 100)
+        assert fa.scan(clean, limits)["late_nulls"]["session"] == {"count": 334, "rows": None}

@@ -51,12 +51,14 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from bqx import pgcopy
+from bqx.datasets import facts as fa
 from bqx.datasets.files import atomic_write_text, temporary_path
 from bqx.datasets.options import DatasetError
 from bqx.feature_mirror import BUILD_RECORD_SQL
 
 # Version of what an extracted file holds: a change here re-extracts every pair.
-EXTRACT_FORMAT = 2
+# 3: _source.json records the validation's file facts (bqx.datasets.facts)
+EXTRACT_FORMAT = 3
 READ_CONNECTIONS = 2  # relations read at once (two cores: one server process sends while the client decodes)
 FLOAT32_TOLERANCE = 1e-3  # largest float32 rounding error, as a share of the median |Δx| per bar
 ROW_GROUP_ROWS = 65_536  # rows read at a time and per row group: the same rows give byte-identical files
@@ -68,7 +70,7 @@ MINUTE_US = 60_000_000
 # client while the server sends, and both share the two cores of the extraction
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1, "use_dictionary": ["pair"], "write_statistics": True}
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-KEY_COLUMNS = ("pair", "ts_utc", "known_at", "bar_number")
+KEY_COLUMNS = fa.KEY_COLUMNS
 SOURCE_FILE = "_source.json"
 FEATURE_RELATIONS = ("staging.m1_index", "marts.targets")
 
@@ -99,6 +101,7 @@ class PairExtract:
     fingerprint: str
     columns_hash: str
     float64_columns: tuple[str, ...]
+    checks: dict[str, Any] | None = None  # the validation's file facts (bqx.datasets.facts), recorded while writing
     reused: bool = False
 
 
@@ -536,8 +539,11 @@ def extract_pair(
     targets: Sequence[str],
     folder: Path,
     progress: bool = True,
+    limits: fa.Limits | None = None,
 ) -> PairExtract:
-    """Write one pair's chunks, taken from `reads` (read_ahead), into `folder/part-0.parquet`."""
+    """Write one pair's chunks, taken from `reads` (read_ahead), into `folder/part-0.parquet`,
+    gathering the validation's facts of each chunk on the way (`limits`: the catalog's warm-ups
+    and horizons)."""
     from tqdm import tqdm
 
     if not source.pair.isalnum():
@@ -546,6 +552,7 @@ def extract_pair(
     path = folder / "part-0.parquet"
     bar = tqdm(total=source.rows, unit="rows", unit_scale=True, desc=f"extract {source.pair}", disable=not progress, leave=False)
     float64_columns: list[str] = []
+    checks = fa.FileFacts(limits or fa.Limits(), source.rows)
     with temporary_path(path) as tmp:
         writer = None
         try:
@@ -557,8 +564,11 @@ def extract_pair(
                     float64_columns = choose_float64(columns, features)
                     schema = output_schema(features, targets, float64_columns)
                     writer = pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)
-                writer.write_table(_chunk_table(source.pair, chunk_keys, columns, schema, source.bars_before + 1 + start), row_group_size=ROW_GROUP_ROWS)
+                table = _chunk_table(source.pair, chunk_keys, columns, schema, source.bars_before + 1 + start)
                 del columns
+                checks.add(table, start)  # the values as written (after the float32 casts)
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                del table
                 bar.update(chunk_keys.size)
         finally:
             if writer is not None:
@@ -574,6 +584,7 @@ def extract_pair(
         fingerprint=source.fingerprint,
         columns_hash=columns_hash(features, targets),
         float64_columns=tuple(float64_columns),
+        checks=checks.record(),
     )
     atomic_write_text(folder / SOURCE_FILE, json.dumps(_record(extract), indent=2) + "\n")
     return extract
@@ -625,6 +636,7 @@ def extract_pairs(
     """Extract every pair (reusing unchanged ones) into `out/features/pair=P/`."""
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
+    limits = fa.Limits.of(catalog)
     done = []
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(connect(dsn)) for _ in range(READ_CONNECTIONS)]
@@ -639,7 +651,7 @@ def extract_pairs(
         for source in sources:
             if previous[source.pair] is None:
                 (folders[source.pair] / SOURCE_FILE).unlink(missing_ok=True)  # the old file no longer describes the source
-                previous[source.pair] = extract_pair(reads, source, features, targets, folders[source.pair], progress)
+                previous[source.pair] = extract_pair(reads, source, features, targets, folders[source.pair], progress, limits)
             done.append(previous[source.pair])
     return done
 

@@ -5,6 +5,8 @@ Checks (warm-ups, NULL rules and targets come from the feature catalog, never re
 - minutes strictly increasing (no duplicates); no NaN or infinity in any column;
 - NULL after a column's warm-up only where its YAML's `null_allowed_when` holds (the predicate
   is evaluated by the database on the model's own rows, aligned minute by minute);
+  these three from the facts the extraction gathered while it wrote the file (bqx.datasets.facts:
+  the values as written, after the float32 casts), or from the file when none were recorded;
 - each pair's features reach its last bar (raw bars, index and every feature model end at the
   same minute: nothing stale);
 - a seeded sample of targets recomputed from m1_index equals the extracted targets;
@@ -32,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bqx.datasets import facts as fa
 from bqx.datasets.extract import KEY_COLUMNS, PairExtract, adbc_batches, connect, where
 from bqx.datasets.options import DatasetError
 
@@ -85,38 +87,44 @@ def check_columns(extract: PairExtract, features: Sequence[str], targets: Sequen
     return problems
 
 
-def check_values(extract: PairExtract, columns: Sequence[str], table: pa.Table | None = None) -> list[Problem]:
+def file_facts(extract: PairExtract, limits: fa.Limits, table: pa.Table | None = None) -> dict[str, Any]:
+    """The validation's facts of a pair's file: recorded by the extraction while it wrote the
+    file, or (an extraction without the record) the file scanned by the same code."""
+    if extract.checks is not None:
+        return extract.checks
+    return fa.scan(table if table is not None else pq.read_table(extract.path), limits)
+
+
+def _file_ts(extract: PairExtract) -> np.ndarray:
+    return _ts_us(pq.read_table(extract.path, columns=["ts_utc"]))
+
+
+def check_values(extract: PairExtract, columns: Sequence[str], facts: dict[str, Any] | None = None) -> list[Problem]:
     """Minutes strictly increasing; no NaN or infinity anywhere (NULL is not NaN)."""
-    table = table if table is not None else pq.read_table(extract.path, columns=["ts_utc", *columns])
-    ts = _ts_us(table)
+    if facts is None:
+        facts = extract.checks if extract.checks is not None else fa.scan(pq.read_table(extract.path, columns=["ts_utc", "bar_number", *columns]), fa.Limits())
+    bad = [(name, facts["nonfinite"][name]) for name in columns if name in facts["nonfinite"]]
+    if facts["unordered_row"] is None and not bad:
+        return []
+    ts = _file_ts(extract)
     problems = []
-    steps = np.diff(ts)
-    if (steps <= 0).any():
-        bad = int(np.flatnonzero(steps <= 0)[0]) + 1
-        problems.append(Problem(extract.pair, "ts_utc", _minute(ts[bad]), "minutes not strictly increasing (duplicate or out of order)"))
-    for name in columns:
-        column = table.column(name)
-        if not pa.types.is_floating(column.type):
-            continue
-        finite = pc.is_finite(column)  # NULL stays NULL, NaN and ±inf are false
-        bad = pc.equal(finite, False)
-        if pc.any(bad).as_py():
-            index = int(pc.index(bad, True).as_py())
-            problems.append(Problem(extract.pair, name, _minute(ts[index]), "NaN or infinity"))
+    if facts["unordered_row"] is not None:
+        problems.append(Problem(extract.pair, "ts_utc", _minute(ts[facts["unordered_row"]]), "minutes not strictly increasing (duplicate or out of order)"))
+    problems += [Problem(extract.pair, name, _minute(ts[row]), "NaN or infinity") for name, row in bad]
     return problems
 
 
-def check_target_nulls(extract: PairExtract, catalog: Any, table: pa.Table) -> list[Problem]:
+def check_target_nulls(extract: PairExtract, catalog: Any, facts: dict[str, Any] | None = None) -> list[Problem]:
     """A target is NULL only on rows without H later bars (the pair's last H rows)."""
-    ts = _ts_us(table)
-    problems = []
-    for target in catalog.targets:
-        is_null = table.column(target.column).is_null().to_numpy(zero_copy_only=False)
-        bad = is_null & (np.arange(ts.size) < ts.size - target.horizon_bars)
-        if bad.any():
-            index = int(np.flatnonzero(bad)[0])
-            problems.append(Problem(extract.pair, target.column, _minute(ts[index]), f"NULL although {target.horizon_bars} later bars exist (marts.targets is stale): run `bqx build`"))
-    return problems
+    facts = facts if facts is not None else file_facts(extract, fa.Limits.of(catalog))
+    if not facts["target_nulls"]:
+        return []
+    ts = _file_ts(extract)
+    return [
+        Problem(extract.pair, t.column, _minute(ts[facts["target_nulls"][t.column]]), f"NULL although {t.horizon_bars} later bars exist (marts.targets is stale): run `bqx build`")
+        for t in catalog.targets
+        if t.column in facts["target_nulls"]
+    ]
 
 
 def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict[str, list[tuple[str, str, int, str | None]]]:
@@ -133,23 +141,40 @@ def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict
 NULL_RULE_LOOKUP_ROWS = 20_000
 
 
-def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None, table: pa.Table | None = None) -> list[Problem]:
+def _late_null_masks(extract: PairExtract, facts: dict[str, Any], warmups: dict[str, int], rows: int) -> dict[str, np.ndarray]:
+    """Per column with a NULL after its warm-up: which rows (from the facts' rows, or from the
+    file's NULL mask when there were more than the facts keep)."""
+    late = facts["late_nulls"]
+    unkept = [name for name, entry in late.items() if entry["rows"] is None]
+    table = pq.read_table(extract.path, columns=["bar_number", *unkept]) if unkept else None
+    masks = {}
+    for name, entry in late.items():
+        if entry["rows"] is None:
+            assert table is not None
+            is_null = table.column(name).is_null().to_numpy(zero_copy_only=False)
+            masks[name] = is_null & (table.column("bar_number").to_numpy() > warmups[name])
+        else:
+            masks[name] = np.zeros(rows, dtype=bool)
+            masks[name][np.asarray(entry["rows"], dtype=np.int64)] = True
+    return masks
+
+
+def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None, facts: dict[str, Any] | None = None) -> list[Problem]:
     """NULL after a column's warm-up only where its null_allowed_when holds on that row (the
     predicate is the YAML's, over the model's columns, qualified by the model's name where its
     warm-up test needs a correlated subquery: the model is aliased by its own name here too).
 
     The database evaluates a rule only on the rows that need it: a NULL past its column's
-    warm-up (found in the file). A clean build has few, so most models cost no query at all
+    warm-up (from the file's facts). A clean build has few, so most models cost no query at all
     (evaluating every rule on every row took ~8 s per pair-2-months, most of the validation)."""
-    table_of_file = table if table is not None else pq.read_table(extract.path)
-    ts = _ts_us(table_of_file)
-    bar_number = table_of_file.column("bar_number").to_numpy()
+    facts = facts if facts is not None else file_facts(extract, fa.Limits.of(catalog))
+    if not facts["late_nulls"]:
+        return []
+    ts = _file_ts(extract)
+    late_nulls = _late_null_masks(extract, facts, {f.matrix_column: f.warmup_bars for f in catalog.features}, ts.size)
     problems = []
-    for model, columns in null_rules(catalog, rules).items():
-        late_nulls = {}
-        for _, matrix_column, warmup, predicate in columns:
-            is_null = table_of_file.column(matrix_column).is_null().to_numpy(zero_copy_only=False)
-            late_nulls[matrix_column] = is_null & (bar_number > warmup)
+    for model, all_columns in null_rules(catalog, rules).items():
+        columns = [c for c in all_columns if c[1] in late_nulls]
         predicates = sorted({p for _, c, _, p in columns if p and late_nulls[c].any()})
         allowed: dict[str, np.ndarray] = {}
         if predicates:
@@ -501,6 +526,7 @@ def validate(
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
     rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}  # one line each (bqx.catalog)
+    limits = fa.Limits.of(catalog)
     report = ValidationReport()
     cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed)
     with ThreadPoolExecutor(max_workers=1) as background:
@@ -512,12 +538,11 @@ def validate(
                 report.problems += check_columns(extract, features, targets)
                 if report.problems:
                     continue
-                table = pq.read_table(extract.path)  # one pair at a time
-                report.problems += check_values(extract, [*features, *targets], table)
-                report.problems += check_target_nulls(extract, catalog, table)
+                facts = file_facts(extract, limits)  # recorded by the extraction (else the file is read)
+                report.problems += check_values(extract, [*features, *targets], facts)
+                report.problems += check_target_nulls(extract, catalog, facts)
                 report.problems += check_fresh(conn, extract, models, end_ts)
-                report.problems += check_nulls(dsn, extract, catalog, rules, table)
-                del table
+                report.problems += check_nulls(dsn, extract, catalog, rules, facts)
                 report.problems += check_targets(dsn, extract, catalog, target_checks, seed)
         found, histories = _lookahead_result(lookahead, failed=bool(report.problems))
     if report.problems:
