@@ -274,6 +274,7 @@ def _facts_table(n: int, first_bar: int = 1) -> pa.Table:
             "known_at": pa.array(ts + MINUTE, type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             "bar_number": pa.array(np.arange(first_bar, first_bar + n, dtype=np.int64)),
             "feature": pa.array(feature, mask=np.arange(n) < 10),  # NULL in its 10-bar warm-up
+            "level": pa.array(np.linspace(100.0, 101.0, n)),  # no NULL at all (read by NumPy)
             "session": pa.array(session, from_pandas=True),
             "target_h5": pa.array(target, mask=np.arange(n) >= n - 5),  # NULL on the last 5 rows
         }
@@ -286,7 +287,7 @@ def test_file_facts_gathered_chunk_by_chunk_equal_the_whole_file_scanned() -> No
     chunk boundary is caught, and late NULLs beyond what is kept by row are marked unkept."""
     from bqx.datasets import facts as fa
 
-    limits = fa.Limits({"feature": 10, "session": 0}, {"target_h5": 5})
+    limits = fa.Limits({"feature": 10, "level": 0, "session": 0}, {"target_h5": 5})
     clean = _facts_table(1000)
     whole = fa.scan(clean, limits)
     assert whole == {"unordered_row": None, "nonfinite": {}, "target_nulls": {}, "late_nulls": {"session": {"count": 334, "rows": list(range(0, 1000, 3))}}}
@@ -295,12 +296,13 @@ def test_file_facts_gathered_chunk_by_chunk_equal_the_whole_file_scanned() -> No
     broken["feature"][650] = float("inf")
     broken["feature"][820] = None  # a NULL after the warm-up
     broken["target_h5"][400] = None  # a target NULL with 5 later bars
+    broken["level"][123] = float("nan")  # a stored NaN (not a NULL)
     broken = pa.table(broken, schema=clean.schema)
     chunked = fa.FileFacts(limits, broken.num_rows)
     for start in range(0, broken.num_rows, 300):
         chunked.add(broken.slice(start, 300), start)
     assert chunked.record() == fa.scan(broken, limits)
-    assert chunked.record()["unordered_row"] == 600 and chunked.record()["nonfinite"] == {"feature": 650}
+    assert chunked.record()["unordered_row"] == 600 and chunked.record()["nonfinite"] == {"feature": 650, "level": 123}
     assert chunked.record()["target_nulls"] == {"target_h5": 400}
     assert chunked.record()["late_nulls"]["feature"] == {"count": 1, "rows": [820]}
     with pytest.MonkeyPatch.context() as patch:

