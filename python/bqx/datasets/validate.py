@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,12 +87,13 @@ def check_columns(extract: PairExtract, features: Sequence[str], targets: Sequen
     return problems
 
 
-def file_facts(extract: PairExtract, limits: fa.Limits, table: pa.Table | None = None) -> dict[str, Any]:
+def file_facts(extract: PairExtract, limits: fa.Limits, columns: Sequence[str] | None = None) -> dict[str, Any]:
     """The validation's facts of a pair's file: recorded by the extraction while it wrote the
-    file, or (an extraction without the record) the file scanned by the same code."""
+    file, or (an extraction without the record) the file scanned by the same code (only the
+    keys and `columns` when given)."""
     if extract.checks is not None:
         return extract.checks
-    return fa.scan(table if table is not None else pq.read_table(extract.path), limits)
+    return fa.scan(pq.read_table(extract.path, columns=None if columns is None else ["ts_utc", "bar_number", *columns]), limits)
 
 
 def _file_ts(extract: PairExtract) -> np.ndarray:
@@ -101,8 +102,7 @@ def _file_ts(extract: PairExtract) -> np.ndarray:
 
 def check_values(extract: PairExtract, columns: Sequence[str], facts: dict[str, Any] | None = None) -> list[Problem]:
     """Minutes strictly increasing; no NaN or infinity anywhere (NULL is not NaN)."""
-    if facts is None:
-        facts = extract.checks if extract.checks is not None else fa.scan(pq.read_table(extract.path, columns=["ts_utc", "bar_number", *columns]), fa.Limits())
+    facts = facts if facts is not None else file_facts(extract, fa.Limits(), columns)
     bad = [(name, facts["nonfinite"][name]) for name in columns if name in facts["nonfinite"]]
     if facts["unordered_row"] is None and not bad:
         return []
@@ -141,7 +141,7 @@ def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict
 NULL_RULE_LOOKUP_ROWS = 20_000
 
 
-def _late_null_masks(extract: PairExtract, facts: dict[str, Any], warmups: dict[str, int], rows: int) -> dict[str, np.ndarray]:
+def _late_null_masks(extract: PairExtract, facts: dict[str, Any], warmups: Mapping[str, int], rows: int) -> dict[str, np.ndarray]:
     """Per column with a NULL after its warm-up: which rows (from the facts' rows, or from the
     file's NULL mask when there were more than the facts keep)."""
     late = facts["late_nulls"]
@@ -167,11 +167,12 @@ def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, s
     The database evaluates a rule only on the rows that need it: a NULL past its column's
     warm-up (from the file's facts). A clean build has few, so most models cost no query at all
     (evaluating every rule on every row took ~8 s per pair-2-months, most of the validation)."""
-    facts = facts if facts is not None else file_facts(extract, fa.Limits.of(catalog))
+    limits = fa.Limits.of(catalog)
+    facts = facts if facts is not None else file_facts(extract, limits)
     if not facts["late_nulls"]:
         return []
     ts = _file_ts(extract)
-    late_nulls = _late_null_masks(extract, facts, {f.matrix_column: f.warmup_bars for f in catalog.features}, ts.size)
+    late_nulls = _late_null_masks(extract, facts, limits.warmups, ts.size)
     problems = []
     for model, all_columns in null_rules(catalog, rules).items():
         columns = [c for c in all_columns if c[1] in late_nulls]
