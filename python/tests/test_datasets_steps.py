@@ -109,8 +109,8 @@ def test_lags_are_a_within_pair_shift() -> None:
     lagged = lg.lag_column(values, 3)
     assert np.isnan(lagged[:3]).all() and (lagged[3:] == values[:7]).all()
     positions = np.array([0, 2, 5, 9])
-    at = lg.lagged_values_at(values, positions, 3)
-    assert np.isnan(at[:2]).all() and list(at[2:]) == [2.0, 6.0]
+    x, _ = sel.gather(pa.table({"v": values, "t": values.astype(np.float64)}), positions, [lg.Candidate("v_lag3", "v", 3)], ["t"])
+    assert np.isnan(x[:2, 0]).all() and list(x[2:, 0]) == [2.0, 6.0]
     assert lg.parse_name("rate_rsi_14_lag120", ["rate_rsi_14"]) == lg.Candidate("rate_rsi_14_lag120", "rate_rsi_14", 120)
     assert lg.parse_name("rate_rsi_14", ["rate_rsi_14"]).lag == 0
     names = [c.name for c in lg.candidates(["a", "hour"], ["a"], [60, 120])]
@@ -119,6 +119,30 @@ def test_lags_are_a_within_pair_shift() -> None:
 
 def _random_walks(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.cumsum(rng.standard_normal((n, k)), axis=0).astype(np.float32) / 10
+
+
+def test_selection_sample_rows_equal_each_column_shifted_within_the_pair() -> None:
+    """The sample's features at some rows (only those rows and their lags are taken from the
+    pair's table) equal each candidate's whole column shifted by its lag within the pair and
+    read at those rows: NaN before the pair's first row, NULL as NaN, a float64 column rounded
+    to float32 as a cast rounds it; the targets at the rows themselves, float64."""
+    rng = np.random.default_rng(3)
+    n = 500
+    narrow = rng.standard_normal(n).astype(np.float32)
+    wide = rng.standard_normal(n) * 1e-3 + 1.0  # a column the extraction kept float64
+    gaps = pa.array(narrow, mask=rng.random(n) < 0.2)  # NULLs
+    table = pa.table({"a": narrow, "b": wide, "c": gaps, "target_h": rng.standard_normal(n)})
+    candidates = lg.candidates(["a", "b", "c"], ["a", "c", "b"], [60, 120])
+    positions = np.sort(rng.choice(n, size=80, replace=False))
+    x, y = sel.gather(table, positions, candidates, ["target_h"])
+    assert x.dtype == np.float32 and y.dtype == np.float64 and x.shape == (80, len(candidates))
+    for j, candidate in enumerate(candidates):
+        whole = table.column(candidate.base).to_numpy(zero_copy_only=False).astype(np.float64)
+        expected = lg.lag_column(whole, candidate.lag)[positions].astype(np.float32)
+        np.testing.assert_array_equal(x[:, j], expected, err_msg=candidate.name)
+    np.testing.assert_array_equal(y[:, 0], table.column("target_h").to_numpy()[positions])
+    out = np.zeros_like(x)
+    assert sel.gather(table, positions, candidates, ["target_h"], out=out)[0] is out and np.array_equal(out, x, equal_nan=True)
 
 
 def test_planted_lagged_signal_is_selected_in_the_top_5() -> None:
@@ -138,7 +162,7 @@ def test_planted_lagged_signal_is_selected_in_the_top_5() -> None:
     def sample(rows: range) -> sel.Sample:
         xs, ys = [], []
         for columns in pairs.values():
-            x, y = sel.gather(columns, np.array(rows), candidates, ["target_h", "target_h2"])
+            x, y = sel.gather(pa.table(columns), np.array(rows), candidates, ["target_h", "target_h2"])
             xs.append(x)
             ys.append(y)
         n = sum(len(x) for x in xs)

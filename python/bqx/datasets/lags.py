@@ -2,7 +2,7 @@
 
 Which features are laggable comes from the feature catalog (the models' `meta: {laggable: ...}`
 in the dbt manifest: time and data-quality features are not). Lags are computed only for what
-the next step needs: at the sampled rows for selection (`lagged_values_at`), for the selected
+the next step needs: at the sampled rows for selection (`select.gather`), for the selected
 columns when the datasets are written (`lag_column`); never every lagged column of a pair at
 once. A pair's file holds only that pair, so a lag cannot reach another pair's rows.
 """
@@ -58,15 +58,6 @@ def lag_column(values: np.ndarray, lag: int) -> np.ndarray:
     if lag < values.size:
         shifted[lag:] = values[: values.size - lag]
     return shifted
-
-
-def lagged_values_at(values: np.ndarray, positions: np.ndarray, lag: int) -> np.ndarray:
-    """values[positions - lag]: the lag at a few rows, without shifting the whole column."""
-    source = positions - lag
-    result = np.full(positions.shape, np.nan, dtype=values.dtype if values.dtype.kind == "f" else np.float64)
-    inside = source >= 0
-    result[inside] = values[source[inside]]
-    return result
 
 
 def longest(lags: Sequence[int]) -> int:

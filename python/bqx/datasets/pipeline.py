@@ -229,11 +229,6 @@ def split_rows(
     return plan, rows, not_built
 
 
-def _pair_arrays(extract: ex.PairExtract, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    table = ex.read_pair(extract, columns)
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in columns}
-
-
 def selection_sample(
     rows: Sequence[PairRows], part_of: Sequence[np.ndarray], candidates: Sequence[lg.Candidate], targets: Sequence[str], options: BuilderOptions, seed_offset: int = 0
 ) -> tuple[sel.Sample, sel.Sample]:
@@ -253,27 +248,27 @@ def selection_sample(
         picks.append(chosen)
     names = [c.name for c in candidates]
     bases = list(dict.fromkeys(c.base for c in candidates))
-    samples = []
-    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [[], []]
+    # each sample's arrays made once at full size and filled pair by pair (no concatenation)
+    wanted = [[pick[pick[:, 0] == index, 1] for pick in picks] for index in range(len(rows))]
+    sizes = [sum(w[k].size for w in wanted) for k in range(2)]
+    xs = [np.empty((size, len(names)), dtype=np.float32) for size in sizes]
+    ys = [np.empty((size, len(targets))) for size in sizes]
+    known, end = [np.empty(size, np.int64) for size in sizes], [np.empty(size, np.int64) for size in sizes]
+    pair = [np.empty(size, dtype=object) for size in sizes]
+    filled = [0, 0]
     for index, r in enumerate(rows):
-        wanted = [pick[pick[:, 0] == index, 1] for pick in picks]
-        if not any(w.size for w in wanted):
+        if not any(w.size for w in wanted[index]):
             continue
-        arrays = _pair_arrays(r.extract, [*bases, *targets])  # one pair's columns at a time
-        for k, positions in enumerate(wanted):
+        table = ex.read_pair(r.extract, [*bases, *targets])  # one pair's file at a time
+        for k, positions in enumerate(wanted[index]):
             if positions.size:
-                x, y = sel.gather(arrays, r.bar_position[positions], candidates, targets)  # a row's bar (an event's)
-                parts[k].append((x, y, r.known_at_us[positions], r.target_end_us[positions], np.full(positions.size, r.extract.pair)))
-        del arrays
-    for chunks in parts:
-        if chunks:
-            x, y, known, end, pair = (np.concatenate([c[i] for c in chunks]) for i in range(5))
-        else:
-            x, y = np.empty((0, len(names)), np.float32), np.empty((0, len(targets)))
-            known = end = np.empty(0, np.int64)
-            pair = np.empty(0, dtype=object)
-        samples.append(sel.Sample(x, y, tuple(names), tuple(targets), known, end, pair))
-    return samples[0], samples[1]
+                at = slice(filled[k], filled[k] + positions.size)
+                _, ys[k][at] = sel.gather(table, r.bar_position[positions], candidates, targets, out=xs[k][at])  # a row's bar (an event's)
+                known[k][at], end[k][at], pair[k][at] = r.known_at_us[positions], r.target_end_us[positions], r.extract.pair
+                filled[k] += positions.size
+        del table
+    fit, holdout = (sel.Sample(xs[k], ys[k], tuple(names), tuple(targets), known[k], end[k], pair[k]) for k in range(2))
+    return fit, holdout
 
 
 def run_selection(rows: Sequence[PairRows], part_of: Sequence[np.ndarray], candidates: Sequence[lg.Candidate], targets: Sequence[str], options: BuilderOptions, seed_offset: int = 0) -> sel.Selection:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from bqx.datasets.lags import Candidate
 
@@ -349,14 +350,31 @@ def _stability(
 
 
 def gather(
-    table_columns: dict[str, np.ndarray], positions: np.ndarray, candidates: Sequence[Candidate], targets: Sequence[str]
+    table: pa.Table, positions: np.ndarray, candidates: Sequence[Candidate], targets: Sequence[str], out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (base and lagged, float32) and targets at `positions` of one pair's rows; the
-    lags are read `lag` rows back in the same pair's arrays (lags.lagged_values_at)."""
-    from bqx.datasets.lags import lagged_values_at
+    """Features (base and lagged, float32) and targets at `positions` of one pair's rows (its
+    extracted file's table); a lag is read `lag` rows back in the same pair's rows (NaN before
+    its first row, as lags.lag_column gives). `out`, when given, receives the features.
 
-    x = np.empty((positions.size, len(candidates)), dtype=np.float32)
-    for j, candidate in enumerate(candidates):
-        x[:, j] = lagged_values_at(table_columns[candidate.base], positions, candidate.lag)
-    y = np.column_stack([table_columns[t][positions] for t in targets]).astype(np.float64)
+    Only the rows the sample reads (each position and its lags) are taken from the table and
+    converted to NumPy: converting every column of a pair whole, as this did before, cost more
+    than reading the file (on 28 pairs x 3 months, 19 s of CPU for the sample)."""
+    lags = sorted({c.lag for c in candidates})
+    sources = np.concatenate([positions, *(positions - lag for lag in lags)])  # the rows themselves: the targets
+    needed = np.unique(sources[sources >= 0])
+    bases = list(dict.fromkeys(c.base for c in candidates))
+    rows = table.select([*bases, *targets]).take(pa.array(needed, type=pa.int64()))
+    values = np.empty((needed.size + 1, len(bases)), dtype=np.float32)  # its last row: NaN, before the pair's first row
+    values[-1] = np.nan
+    for column, base in enumerate(bases):
+        values[:-1, column] = rows.column(base).to_numpy(zero_copy_only=False)  # NULL -> NaN; float64 rounded as an assignment does
+    base_column = {base: column for column, base in enumerate(bases)}
+    x = out if out is not None else np.empty((positions.size, len(candidates)), dtype=np.float32)
+    for lag in lags:
+        columns = [j for j, c in enumerate(candidates) if c.lag == lag]
+        source = positions - lag
+        at = np.where(source >= 0, np.searchsorted(needed, source), needed.size)
+        x[:, columns] = values[np.ix_(at, [base_column[candidates[j].base] for j in columns])]
+    at = np.searchsorted(needed, positions)
+    y = np.column_stack([rows.column(t).to_numpy(zero_copy_only=False)[at] for t in targets]).astype(np.float64)
     return x, y
