@@ -278,6 +278,42 @@ def packed(value: str, send_function: str) -> str:
     return f"string_agg({send_function}({value}), ''::bytea)"
 
 
+class _Truncated(Exception):
+    """The buffer ends before the packed row does."""
+
+
+def _packed_row(view: memoryview, dtypes: Sequence[np.dtype]) -> tuple[list[np.ndarray], int]:
+    """The packed row at the start of `view` (a binary COPY stream's header, then the row): its
+    columns in native byte order and the position after it; _Truncated if `view` ends first."""
+    if len(view) < 19:
+        raise _Truncated
+    if bytes(view[:11]) != HEADER[:11]:
+        raise ValueError("not a binary COPY stream (no PGCOPY signature)")
+    position = 19 + struct.unpack(">i", view[15:19])[0]
+    if len(view) < position + 2:
+        raise _Truncated
+    (count,) = struct.unpack_from(">h", view, position)
+    if count != len(dtypes):
+        raise ValueError(f"the packed row has {count} fields, not {len(dtypes)}")
+    position += 2
+    columns = []
+    for i, dtype in enumerate(dtypes):
+        if len(view) < position + 4:
+            raise _Truncated
+        (length,) = struct.unpack_from(">i", view, position)
+        position += 4
+        if length == -1:
+            columns.append(np.zeros(0, dtype.newbyteorder("=")))
+            continue
+        if length % dtype.itemsize:
+            raise ValueError(f"field {i + 1} holds {length} bytes, not a whole number of {dtype.itemsize}-byte values")
+        if len(view) < position + length:
+            raise _Truncated
+        columns.append(np.frombuffer(view, dtype, length // dtype.itemsize, position).astype(dtype.newbyteorder("=")))
+        position += length
+    return columns, position
+
+
 def read_packed_columns(conn: psycopg.Connection, query: str, wire: Sequence[str | np.dtype]) -> list[np.ndarray]:
     """The columns of `query`, a select of one row whose fields are each one column's values packed
     end to end in their binary form (see `packed`; their widths in `wire`, e.g. ['>i8', '>f8']),
@@ -288,30 +324,29 @@ def read_packed_columns(conn: psycopg.Connection, query: str, wire: Sequence[str
     (measured: 4.6 s of client CPU for a pair-year's 6M rows of the feature relations, against
     0.8 s for the same values packed); packed, the server pays for the aggregate instead (~25%
     more of its CPU) and each value travels in 8 bytes instead of 12."""
-    buffer = bytearray()
     with conn.cursor().copy(f"copy ({query}) to stdout (format binary)") as copy:
-        for chunk in copy:
-            buffer += chunk
-    view = memoryview(buffer)
-    if bytes(view[:11]) != HEADER[:11]:
-        raise ValueError("not a binary COPY stream (no PGCOPY signature)")
-    position = 19 + struct.unpack(">i", view[15:19])[0]
+        messages = [memoryview(message) for message in copy]
+    return packed_columns(messages, wire)
+
+
+def packed_columns(messages: Sequence[memoryview], wire: Sequence[str | np.dtype]) -> list[np.ndarray]:
+    """The columns of a binary COPY stream of one packed row, as its messages arrived.
+
+    PostgreSQL sends the header in the row's message and the trailer alone, so the row is read
+    where it arrived; appending each message to one buffer, as this did before, copied the whole
+    row once or twice more (~15 MB per relation and chunk: 3.6 s of the client's CPU on 28 pairs
+    x 3 months, on the cores the server needs). A row split over messages is joined first."""
     dtypes = [np.dtype(w) for w in wire]
-    (count,) = struct.unpack_from(">h", view, position)
-    if count != len(dtypes):
-        raise ValueError(f"the packed row has {count} fields, not {len(dtypes)}")
-    position += 2
-    columns = []
-    for i, dtype in enumerate(dtypes):
-        (length,) = struct.unpack_from(">i", view, position)
-        position += 4
-        if length == -1:
-            columns.append(np.zeros(0, dtype.newbyteorder("=")))
-            continue
-        if length % dtype.itemsize:
-            raise ValueError(f"field {i + 1} holds {length} bytes, not a whole number of {dtype.itemsize}-byte values")
-        columns.append(np.frombuffer(view, dtype, length // dtype.itemsize, position).astype(dtype.newbyteorder("=")))
-        position += length
-    if bytes(view[position:]) != TRAILER:
+    try:
+        columns, position = _packed_row(messages[0] if messages else memoryview(b""), dtypes)
+        rest = bytes(messages[0][position:]) + b"".join(messages[1:])
+    except _Truncated:
+        whole = memoryview(b"".join(messages))
+        try:
+            columns, position = _packed_row(whole, dtypes)
+        except _Truncated:
+            raise ValueError("the COPY stream ends inside the packed row") from None
+        rest = bytes(whole[position:])
+    if rest != TRAILER:
         raise ValueError("more than one packed row (or no trailer): the query must aggregate to one row")
     return columns

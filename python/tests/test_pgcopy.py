@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import struct
 
 import numpy as np
 import psycopg
@@ -148,3 +149,26 @@ def test_mismatched_lengths_and_out_of_range_are_errors() -> None:
         list(pgcopy.copy_chunks([pgcopy.float8(np.zeros(3)), pgcopy.float8(np.zeros(4))]))
     with pytest.raises(ValueError, match="integer"):
         pgcopy.int4(np.array([2**31]))
+
+
+def test_packed_columns_read_the_same_however_the_stream_is_cut_into_messages() -> None:
+    """PostgreSQL sends the header with the row and the trailer alone, and the row is read where
+    it arrived; a row cut over several messages (any cut) decodes the same, a stream that ends
+    inside the row or holds a second one is an error, not a short column."""
+    x = np.array([1.5, -0.0, np.nan, 5e-324, np.inf], dtype=np.float64)
+    n = np.array([7, -1, 0], dtype=np.int32)
+    row = struct.pack(">h", 2)
+    for values, wire in ((x, ">f8"), (n, ">i4")):
+        payload = values.astype(wire).tobytes()
+        row += struct.pack(">i", len(payload)) + payload
+    stream = pgcopy.HEADER + row + pgcopy.TRAILER
+    for cuts in ([len(stream) - 2], [], [5], [19, 40], list(range(1, len(stream), 7))):
+        bounds = [0, *cuts, len(stream)]
+        messages = [memoryview(stream[a:b]) for a, b in zip(bounds, bounds[1:])]
+        decoded_x, decoded_n = pgcopy.packed_columns(messages, [">f8", ">i4"])
+        assert decoded_x.tobytes() == x.tobytes() and decoded_x.dtype.isnative
+        np.testing.assert_array_equal(decoded_n, n)
+    with pytest.raises(ValueError, match="ends inside the packed row"):
+        pgcopy.packed_columns([memoryview(stream[:30])], [">f8", ">i4"])
+    with pytest.raises(ValueError, match="more than one packed row"):
+        pgcopy.packed_columns([memoryview(pgcopy.HEADER + row), memoryview(row), memoryview(pgcopy.TRAILER)], [">f8", ">i4"])
