@@ -148,16 +148,20 @@
         {{ prefix }}_blocks.block_min{{ block }} as segment_min_{{ tag }},
         {{ prefix }}_blocks.block_max{{ block }} as segment_max_{{ tag }}
         {%- endif %}
-        {%- else %},
-        lag({{ prefix }}_blocks.series_value, {{ segment.back }}) over bars_in_order - {{ prefix }}_blocks.series_value
-            as segment_shift_{{ tag }}
+        {%- else %}
+        {#- the segment's last bar's value, block sums (and extremes) in one fetch: a float8[]
+            lag instead of one lag each (the same call, written once per use, is computed once) #}
+        {%- set fetched = [prefix ~ '_blocks.series_value'] %}
+        {%- for power in range(1, max_power + 1) %}{% do fetched.append(prefix ~ '_blocks.block_sum_' ~ power ~ block) %}{% endfor %}
+        {%- if with_extremes %}{% do fetched.extend([prefix ~ '_blocks.block_min' ~ block, prefix ~ '_blocks.block_max' ~ block]) %}{% endif %}
+        {%- set back = '(lag(array[' ~ fetched | join(', ') ~ '], ' ~ segment.back ~ ') over bars_in_order)' %},
+        {{ back }}[1] - {{ prefix }}_blocks.series_value as segment_shift_{{ tag }}
         {%- for power in range(1, max_power + 1) %},
-        lag({{ prefix }}_blocks.block_sum_{{ power }}{{ block }}, {{ segment.back }}) over bars_in_order
-            as segment_block_sum_{{ power }}_{{ tag }}
+        {{ back }}[{{ power + 1 }}] as segment_block_sum_{{ power }}_{{ tag }}
         {%- endfor %}
         {%- if with_extremes %},
-        lag({{ prefix }}_blocks.block_min{{ block }}, {{ segment.back }}) over bars_in_order as segment_min_{{ tag }},
-        lag({{ prefix }}_blocks.block_max{{ block }}, {{ segment.back }}) over bars_in_order as segment_max_{{ tag }}
+        {{ back }}[{{ max_power + 2 }}] as segment_min_{{ tag }},
+        {{ back }}[{{ max_power + 3 }}] as segment_max_{{ tag }}
         {%- endif %}
         {%- endif %}
         {%- endfor %}
