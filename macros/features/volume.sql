@@ -96,7 +96,8 @@
     segment starting there travel in one float8[] lag per window, and a window's count of bars is
     the bar number read (volume and close_idx are never NULL): 5 lags for the windows where 29
     were (two counts per window among them), 28.4-28.6 s against 32.4-33.0 s on 28 pairs x 3
-    months (EXPLAIN ANALYZE, alternating), every value bit for bit the same. Either way an incremental
+    months (EXPLAIN ANALYZE, alternating; -8% in whole builds, against the unchanged models),
+    every value bit for bit the same. Either way an incremental
     run equals a full build bit for bit. (A numeric running total did the same exactly, but its
     float8 ↔ numeric conversions go through text: 23% of the model, measured.) -#}
 {% macro volume_features_sql(source) -%}
