@@ -40,12 +40,16 @@
             'null_when': has_null, 'null_allowed_when': 'spread_bps_mean_w{w} is null'},
     ] -%}
     {%- set columns = [] -%}
-    {%- for window in var('rolling_windows') | map('int') -%}
+    {%- set windows = var('rolling_windows') | map('int') | list -%}
+    {%- for window in windows -%}
+        {%- set shorter = windows | select('lt', window) | list -%}
         {%- do columns.extend(windowed_columns(
             metrics, [window], feature_series(none),
             'float8 on exact deviations from spread_bps[t], within 1e-9 of NumPy on each window (measured
             ~1e-14 of the column\'s largest |value|)',
-            values={'null_sql': spread_window_has_null('spread_features', 'spread_bps_mean_w' ~ window, window)},
+            values={'null_sql': spread_window_has_null(
+                'spread_features', 'spread_bps_mean_w' ~ window, window,
+                implied_by='spread_bps_mean_w' ~ shorter | max if shorter else none)},
         )) -%}
     {%- endfor -%}
     {{ return(columns) }}
@@ -117,21 +121,25 @@ from spread_moments
 
 {#- For the warm-up test (null_allowed_when of spread_columns()): `column` of the tested row of
     `model_name` is NULL and the W bars of m1_index ending at that row hold a NULL spread.
-    The subquery runs only on NULL rows. -#}
-{% macro spread_window_has_null(model_name, column, w) -%}
+    `implied_by`: the mean of the next shorter window, whose NULL on the same row (past its
+    warm-up, so a NULL spread among its bars, which its own rule checks there) lies in this
+    window too: one lookup per row instead of one per window where every spread is NULL (files
+    without spreads, such as HistData's). The subquery runs only on NULL rows. -#}
+{% macro spread_window_has_null(model_name, column, w, implied_by=none) -%}
 case
     when {{ model_name }}.{{ column }} is null
-        then exists (
-            select 1
-            from (
-                select window_bars.spread_bps
-                from {{ market_index_relation() }} as window_bars
-                where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc <= {{ model_name }}.ts_utc
-                order by window_bars.ts_utc desc
-                limit {{ w }}
-            ) as last_bars
-            where last_bars.spread_bps is null
-        )
+        then
+            {%- if implied_by %} case when {{ model_name }}.{{ implied_by }} is null then true else{% endif %} exists (
+                select 1
+                from (
+                    select window_bars.spread_bps
+                    from {{ market_index_relation() }} as window_bars
+                    where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc <= {{ model_name }}.ts_utc
+                    order by window_bars.ts_utc desc
+                    limit {{ w }}
+                ) as last_bars
+                where last_bars.spread_bps is null
+            ){% if implied_by %} end{% endif %}
     else false
 end
 {%- endmacro %}

@@ -270,7 +270,9 @@ from volume_spreads
 
 {#- For the warm-up test (null_allowed_when of volume_columns()): `column` of the tested row of
     `model_name` is NULL and the W bars of m1_index ending at that row have no volume.
-    The subquery runs only on NULL rows. -#}
+    The subquery runs only on NULL rows. (A shorter window's rule cannot lean on the longest
+    window's NULL, as spread_window_has_null leans on a shorter one's: during the longest
+    window's warm-up that NULL says nothing, and a rule sees no bar position.) -#}
 {% macro volume_window_is_silent(model_name, column, w) -%}
 case
     when {{ model_name }}.{{ column }} is null
@@ -290,28 +292,82 @@ end
 {%- endmacro %}
 
 
+{#- Days of same-minute bars probed one by one by volume_tod_is_silent (var volume_tod_probe_days;
+    default twice volume_tod_days plus four: a weekend, holidays and missing minutes stretch
+    volume_tod_days × 1440 bars over more calendar days); a window reaching further back is
+    scanned bar by bar. It changes the rule's cost, never its verdict. -#}
+{% macro volume_tod_probe_days() -%}
+    {{ return(var('volume_tod_probe_days', none) or 2 * volume_tod_days() + 4) }}
+{%- endmacro %}
+
+
 {#- Likewise for volume_tod_ratio: no bar with volume at the tested row's UTC minute of day
-    among the previous volume_tod_days × 1440 bars of m1_index. -#}
+    among the previous volume_tod_days × 1440 bars of m1_index (bars t-N·1440 ... t-1).
+
+    Those bars lie whole days before t (bars open on whole minutes), so when the window's first
+    bar is at most volume_tod_probe_days() days before t, the rule looks up the bars at t − k × 24
+    hours for each k (one probe of m1_index's unique index on (pair, ts_utc) per day, `= any` of
+    an array: no set-returning function, which Citus refuses in a correlated subquery) and keeps
+    those inside the window by bar_number. Scanning the window's 7,200 bars instead cost ~1 ms per
+    tested row (59 s per pair-2-months of bars without volume, such as HistData's files; a
+    2.5-hour warm-up test at FX-year); the probes cost a few index lookups. A window that spans
+    more days (a sparse pair) is scanned as before, so the rule is exact either way. Intervals in
+    hours: they are exact lengths of time in any session time zone (a '1 day' would follow its
+    daylight-saving shifts). The subqueries run only on NULL rows. -#}
 {% macro volume_tod_is_silent(model_name, column) -%}
+{%- set bars = volume_tod_days() * 1440 -%}
+{%- set days = volume_tod_probe_days() -%}
+{%- set index = market_index_relation() -%}
 case
     when {{ model_name }}.{{ column }} is null
-        then not exists (
-            select 1
-            from (
-                select
-                    window_bars.ts_utc,
-                    window_bars.volume
-                from {{ market_index_relation() }} as window_bars
-                where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc < {{ model_name }}.ts_utc
-                order by window_bars.ts_utc desc
-                limit {{ volume_tod_days() * 1440 }}
-            ) as previous_bars
-            where
-                previous_bars.volume <> 0
-                /* bars open on whole minutes: the same minute of day is a whole number of days apart
-                   (a block comment: the catalog joins the lines of a rule into one, which a line comment would cut short) */
-                and mod(extract(epoch from {{ model_name }}.ts_utc - previous_bars.ts_utc)::bigint, 86400) = 0
-        )
+        then case
+            when exists (
+                select 1
+                from {{ index }} as tested_bar
+                inner join {{ index }} as first_bar
+                    on
+                        tested_bar.pair = first_bar.pair
+                        and first_bar.bar_number = greatest(tested_bar.bar_number - {{ bars }}, 0)
+                where
+                    tested_bar.pair = {{ model_name }}.pair
+                    and tested_bar.ts_utc = {{ model_name }}.ts_utc
+                    and first_bar.ts_utc >= {{ model_name }}.ts_utc - interval '{{ days * 24 }} hours'
+            )
+                then not exists (
+                    select 1
+                    from {{ index }} as tested_bar
+                    inner join {{ index }} as same_minute_bars
+                        on
+                            tested_bar.pair = same_minute_bars.pair
+                            and same_minute_bars.ts_utc = any(array[
+                                {%- for day in range(1, days + 1) %}
+                                {{ model_name }}.ts_utc - interval '{{ day * 24 }} hours'{{ ',' if not loop.last }}
+                                {%- endfor %}
+                            ])
+                    where
+                        tested_bar.pair = {{ model_name }}.pair
+                        and tested_bar.ts_utc = {{ model_name }}.ts_utc
+                        and same_minute_bars.bar_number >= tested_bar.bar_number - {{ bars }}
+                        and same_minute_bars.volume <> 0
+                )
+            else not exists (
+                select 1
+                from (
+                    select
+                        window_bars.ts_utc,
+                        window_bars.volume
+                    from {{ index }} as window_bars
+                    where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc < {{ model_name }}.ts_utc
+                    order by window_bars.ts_utc desc
+                    limit {{ bars }}
+                ) as previous_bars
+                where
+                    previous_bars.volume <> 0
+                    /* bars open on whole minutes: the same minute of day is a whole number of days apart
+                       (a block comment: the catalog joins the lines of a rule into one, which a line comment would cut short) */
+                    and mod(extract(epoch from {{ model_name }}.ts_utc - previous_bars.ts_utc)::bigint, 86400) = 0
+            )
+        end
     else false
 end
 {%- endmacro %}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bqx.catalog import feature_catalog
-from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame
+from conftest import FIXTURE_PAIRS, ZERO_VOLUME_PAIR, query_frame, table_columns
 from reference import VARS, assert_matches
 
 
@@ -248,6 +249,100 @@ def test_all_zero_volume_windows_are_null(wave1_dsn: str) -> None:
     zero = frame["window_volume"].astype(float) == 0
     assert zero.sum() > 100
     assert frame.loc[zero].drop(columns="window_volume").isna().all().all()
+
+
+def tod_silent_reference(bars: pd.DataFrame, days: int) -> np.ndarray:
+    """Per bar: no bar with volume at its UTC minute of day among the previous days × 1440 bars
+    (what volume_tod_is_silent must say of a NULL volume_tod_ratio), from the bars' positions."""
+    lookback = days * 1440
+    volume = bars["volume"].to_numpy(dtype=np.int64)
+    ts = pd.DatetimeIndex(bars["ts_utc"]).tz_convert("UTC")
+    minute = (ts.hour * 60 + ts.minute).to_numpy()
+    silent = np.ones(len(volume), dtype=bool)
+    for m in np.unique(minute):
+        rows = np.flatnonzero(minute == m)
+        loud = rows[volume[rows] != 0]
+        for t in rows:
+            before = loud[(loud < t) & (loud >= t - lookback)]
+            silent[t] = before.size == 0
+    return silent
+
+
+@pytest.mark.parametrize(
+    ("days", "probe_days", "every"),
+    [(TOD_DAYS, None, 1), (TOD_DAYS, 6, 7), (1, None, 1), (1, 1, 11)],
+    ids=["default", "mixed-probes-and-scans", "one-day-window", "scans"],
+)
+def test_tod_null_rule_matches_reference(wave1_dsn: str, days: int, probe_days: int | None, every: int) -> None:
+    """volume_tod_is_silent (the NULL rule of volume_tod_ratio) says "silent" exactly where no bar
+    with volume shares the minute of day among the previous days × 1440 bars, on every bar (every
+    `every`-th where most windows are scanned): evaluated on a relation named as the model whose
+    column is NULL on every bar, so the rule decides everywhere. The default probes days one by
+    one; a probe window of 6 days leaves the windows across a weekend to the scan; one day of
+    bars puts the same-minute bar of the day before at the window's edge (bar_number bound); one
+    probe day scans nearly every window."""
+    overrides = {"volume_tod_days": days} | ({"volume_tod_probe_days": probe_days} if probe_days else {})
+    column = next(f for f in feature_catalog(vars=overrides).features if f.column == f"volume_tod_ratio_d{days}")
+    assert column.null_allowed_when and "any(array[" in column.null_allowed_when
+    frame = query_frame(
+        wave1_dsn,
+        f"""
+        select volume_features.pair, volume_features.ts_utc, coalesce(({column.null_allowed_when}), false) as silent
+        from (
+            select pair, ts_utc, null::double precision as {column.column}
+            from staging.m1_index
+            where bar_number % {every} = 0
+        ) as volume_features
+        order by volume_features.pair, volume_features.ts_utc
+        """,
+    )
+    bars = _index_bars(wave1_dsn)
+    checked = 0
+    for pair in FIXTURE_PAIRS:
+        pair_bars = bars[bars["pair"] == pair].reset_index(drop=True)
+        expected = tod_silent_reference(pair_bars, days)[::every]
+        got = frame.loc[frame["pair"] == pair, "silent"].to_numpy(dtype=bool)
+        assert got.size == expected.size
+        wrong = np.flatnonzero(got != expected)
+        assert not wrong.size, f"{pair}: {wrong.size} bars, first at {pair_bars['ts_utc'].iloc[wrong[0] * every]} (rule {got[wrong[0]]})"
+        checked += got.size
+        assert expected.any() and not expected.all()  # both verdicts occur
+    assert checked > 1000
+
+
+@pytest.mark.parametrize("table", ["volume_features", "spread_features"])
+def test_window_null_rules_match_reference(wave1_dsn: str, table: str) -> None:
+    """The NULL rule of every window's mean (volume: no volume in the window; spread: a NULL
+    spread in it, leaning on the next shorter window's NULL) says "allowed" exactly where the
+    reference says so, on every bar with a full window: evaluated with the tested column NULL on
+    every bar and the model's other columns as built, so a rule too lenient anywhere fails."""
+    metric = "volume_mean" if table == "volume_features" else "spread_bps_mean"
+    columns = table_columns(wave1_dsn, "features", table)
+    rules = {f.column: f.null_allowed_when for f in feature_catalog().features if f.model == table}
+    bars = _index_bars(wave1_dsn)
+    for w in ROLLING_WINDOWS:
+        column = f"{metric}_w{w}"
+        kept = ", ".join(f"{table}.{c}" if c != column else f"null::double precision as {c}" for c in columns)
+        frame = query_frame(
+            wave1_dsn,
+            f"""
+            select {table}.pair, coalesce(({rules[column]}), false) as allowed
+            from (select {kept} from features.{table}) as {table}
+            order by {table}.pair, {table}.ts_utc
+            """,
+        )
+        for pair in FIXTURE_PAIRS:
+            pair_bars = bars[bars["pair"] == pair].reset_index(drop=True)
+            if table == "volume_features":
+                expected = _windows(pair_bars["volume"].to_numpy(np.int64), w).sum(axis=1) == 0
+            else:
+                expected = _windows(pair_bars["spread_bps"].isna().to_numpy(), w).any(axis=1)
+            got = frame.loc[frame["pair"] == pair, "allowed"].to_numpy(dtype=bool)[w - 1 :]
+            wrong = np.flatnonzero(got != expected)
+            assert not wrong.size, f"{column} {pair}: {wrong.size} bars, first at {pair_bars['ts_utc'].iloc[wrong[0] + w - 1]} (rule {got[wrong[0]]})"
+            if pair == ZERO_VOLUME_PAIR and table == "volume_features":
+                assert expected.sum() > 100  # the fixture's stretch without volume
+        assert any(frame["allowed"]), column
 
 
 def test_spread_features_match_numpy(wave1_dsn: str) -> None:
