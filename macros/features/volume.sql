@@ -297,7 +297,14 @@ end
     volume_tod_days × 1440 bars over more calendar days); a window reaching further back is
     scanned bar by bar. It changes the rule's cost, never its verdict. -#}
 {% macro volume_tod_probe_days() -%}
-    {{ return(var('volume_tod_probe_days', none) or 2 * volume_tod_days() + 4) }}
+    {%- set days = var('volume_tod_probe_days', none) -%}
+    {%- if days is none -%}
+        {{ return(2 * volume_tod_days() + 4) }}
+    {%- elif days | int < 1 or days | string != days | int | string -%}
+        {{ exceptions.raise_compiler_error(
+            "var volume_tod_probe_days must be a whole number of days >= 1 (or null for the default), got " ~ days) }}
+    {%- endif -%}
+    {{ return(days | int) }}
 {%- endmacro %}
 
 
