@@ -129,17 +129,9 @@ from spread_moments
 case
     when {{ model_name }}.{{ column }} is null
         then
-            {%- if implied_by %} case when {{ model_name }}.{{ implied_by }} is null then true else{% endif %} exists (
-                select 1
-                from (
-                    select window_bars.spread_bps
-                    from {{ market_index_relation() }} as window_bars
-                    where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc <= {{ model_name }}.ts_utc
-                    order by window_bars.ts_utc desc
-                    limit {{ w }}
-                ) as last_bars
-                where last_bars.spread_bps is null
-            ){% if implied_by %} end{% endif %}
+            {%- if implied_by %} case when {{ model_name }}.{{ implied_by }} is null then true else{% endif %}
+            {{ last_bars_exist(model_name, w, ['spread_bps'], 'last_bars.spread_bps is null') }}
+            {%- if implied_by %} end{% endif %}
     else false
 end
 {%- endmacro %}

@@ -276,17 +276,7 @@ from volume_spreads
 {% macro volume_window_is_silent(model_name, column, w) -%}
 case
     when {{ model_name }}.{{ column }} is null
-        then not exists (
-            select 1
-            from (
-                select window_bars.volume
-                from {{ market_index_relation() }} as window_bars
-                where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc <= {{ model_name }}.ts_utc
-                order by window_bars.ts_utc desc
-                limit {{ w }}
-            ) as last_bars
-            where last_bars.volume <> 0
-        )
+        then not {{ last_bars_exist(model_name, w, ['volume'], 'last_bars.volume <> 0') }}
     else false
 end
 {%- endmacro %}
@@ -357,23 +347,14 @@ case
                         and same_minute_bars.bar_number >= tested_bar.bar_number - {{ bars }}
                         and same_minute_bars.volume <> 0
                 )
-            else not exists (
-                select 1
-                from (
-                    select
-                        window_bars.ts_utc,
-                        window_bars.volume
-                    from {{ index }} as window_bars
-                    where window_bars.pair = {{ model_name }}.pair and window_bars.ts_utc < {{ model_name }}.ts_utc
-                    order by window_bars.ts_utc desc
-                    limit {{ bars }}
-                ) as previous_bars
-                where
-                    previous_bars.volume <> 0
-                    /* bars open on whole minutes: the same minute of day is a whole number of days apart
-                       (a block comment: the catalog joins the lines of a rule into one, which a line comment would cut short) */
-                    and mod(extract(epoch from {{ model_name }}.ts_utc - previous_bars.ts_utc)::bigint, 86400) = 0
-            )
+            else not {{ last_bars_exist(
+                model_name, bars, ['ts_utc', 'volume'],
+                'last_bars.volume <> 0
+                /* bars open on whole minutes: the same minute of day is a whole number of days apart
+                   (a block comment: the catalog joins the lines of a rule into one, which a line comment would cut short) */
+                and mod(extract(epoch from ' ~ model_name ~ '.ts_utc - last_bars.ts_utc)::bigint, 86400) = 0',
+                include_row=false,
+            ) }}
         end
     else false
 end
