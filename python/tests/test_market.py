@@ -92,26 +92,33 @@ def volume_reference(bars: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def same_minute_history(bars: pd.DataFrame, lookback: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per bar t: how many bars share its UTC minute of day among bars t-lookback ... t-1, and
+    their summed volume (from the bars' positions)."""
+    volume = bars["volume"].to_numpy(dtype=np.int64)
+    ts = pd.DatetimeIndex(bars["ts_utc"]).tz_convert("UTC")
+    minute = (ts.hour * 60 + ts.minute).to_numpy()
+    counts = np.zeros(len(volume), dtype=np.int64)
+    totals = np.zeros(len(volume), dtype=np.int64)
+    for m in np.unique(minute):
+        rows = np.flatnonzero(minute == m)  # bar positions, increasing
+        sums = np.concatenate([[0], np.cumsum(volume[rows])])
+        first = np.searchsorted(rows, rows - lookback)  # earliest same-minute bar in range, per bar
+        counts[rows] = np.arange(rows.size) - first
+        totals[rows] = sums[np.arange(rows.size)] - sums[first]
+    return counts, totals
+
+
 def tod_ratio_reference(bars: pd.DataFrame) -> np.ndarray:
     """volume / mean volume of the bars at the same UTC minute of day among the previous
     TOD_DAYS × 1440 bars; NaN during the first TOD_DAYS × 1440 bars, without such bars, or
     when their mean is 0."""
     lookback = TOD_DAYS * 1440
     volume = bars["volume"].to_numpy(dtype=np.int64)
-    ts = pd.DatetimeIndex(bars["ts_utc"]).tz_convert("UTC")
-    minute = (ts.hour * 60 + ts.minute).to_numpy()
+    counts, totals = same_minute_history(bars, lookback)
     out = np.full(len(volume), np.nan)
-    for m in np.unique(minute):
-        rows = np.flatnonzero(minute == m)  # bar positions, increasing
-        sums = np.concatenate([[0], np.cumsum(volume[rows])])
-        for k, t in enumerate(rows):
-            if t < lookback:
-                continue
-            first = np.searchsorted(rows, t - lookback)  # earliest same-minute bar in range
-            count = k - first
-            total = sums[k] - sums[first]
-            if count > 0 and total > 0:
-                out[t] = volume[t] / (total / count)
+    valid = (np.arange(len(volume)) >= lookback) & (counts > 0) & (totals > 0)
+    out[valid] = volume[valid] / (totals[valid] / counts[valid])
     return out
 
 
@@ -253,19 +260,9 @@ def test_all_zero_volume_windows_are_null(wave1_dsn: str) -> None:
 
 def tod_silent_reference(bars: pd.DataFrame, days: int) -> np.ndarray:
     """Per bar: no bar with volume at its UTC minute of day among the previous days × 1440 bars
-    (what volume_tod_is_silent must say of a NULL volume_tod_ratio), from the bars' positions."""
-    lookback = days * 1440
-    volume = bars["volume"].to_numpy(dtype=np.int64)
-    ts = pd.DatetimeIndex(bars["ts_utc"]).tz_convert("UTC")
-    minute = (ts.hour * 60 + ts.minute).to_numpy()
-    silent = np.ones(len(volume), dtype=bool)
-    for m in np.unique(minute):
-        rows = np.flatnonzero(minute == m)
-        loud = rows[volume[rows] != 0]
-        for t in rows:
-            before = loud[(loud < t) & (loud >= t - lookback)]
-            silent[t] = before.size == 0
-    return silent
+    (what volume_tod_is_silent must say of a NULL volume_tod_ratio); volumes are never negative."""
+    _, totals = same_minute_history(bars, days * 1440)
+    return totals == 0
 
 
 @pytest.mark.parametrize(
