@@ -342,6 +342,52 @@ def test_window_null_rules_match_reference(wave1_dsn: str, table: str) -> None:
         assert any(frame["allowed"]), column
 
 
+def test_volume_rules_on_a_pair_without_volume(wave1_dsn: str) -> None:
+    """A pair none of whose bars has volume (HistData's files): volume_pair_is_silent names it and
+    no other pair, and every volume rule (the five means, the time-of-day ratio) says "silent" on
+    every bar of it, while a pair with volume keeps the reference's verdicts (the rules' own
+    window reads). The pair's volumes are set to 0 in m1_index inside a transaction rolled back."""
+    import psycopg
+
+    from bqx.macros import call_macro
+
+    silent_pair = next(p for p in FIXTURE_PAIRS if p != ZERO_VOLUME_PAIR)
+    other_pair = next(p for p in FIXTURE_PAIRS if p not in (silent_pair, ZERO_VOLUME_PAIR))
+    tod_column = f"volume_tod_ratio_d{TOD_DAYS}"
+    columns = [f"volume_mean_w{w}" for w in ROLLING_WINDOWS] + [tod_column]
+    rules = {f.column: f.null_allowed_when for f in feature_catalog().features if f.column in columns}
+    assert all(rules[c] and "silent_pairs" in rules[c] for c in columns)  # the pair-level check is in each
+    nulls = ", ".join(f"null::double precision as {c}" for c in columns)
+    verdicts = ", ".join(f"coalesce(({rules[c]}), false)" for c in columns)
+    with psycopg.connect(wave1_dsn) as conn:
+        conn.execute("update staging.m1_index set volume = 0 where pair = %s", (silent_pair,))
+        named = conn.execute(
+            "select volume_features.pair from (select distinct pair from staging.m1_index) as volume_features"
+            f" where {call_macro('volume_pair_is_silent', 'volume_features')}"
+        ).fetchall()
+        rows = conn.execute(
+            f"select volume_features.pair, {verdicts} from ("
+            f"select pair, ts_utc, {nulls} from staging.m1_index where pair in (%s, %s)"
+            ") as volume_features order by volume_features.pair, volume_features.ts_utc",
+            (silent_pair, other_pair),
+        ).fetchall()
+        conn.rollback()
+    assert [pair for (pair,) in named] == [silent_pair]
+    frame = pd.DataFrame(rows, columns=["pair", *columns])
+    assert frame.loc[frame["pair"] == silent_pair, columns].to_numpy(dtype=bool).all()
+    bars = _index_bars(wave1_dsn)
+    other_bars = bars[bars["pair"] == other_pair].reset_index(drop=True)
+    other = frame[frame["pair"] == other_pair].reset_index(drop=True)
+    assert len(other) == len(other_bars) > 0
+    volume = other_bars["volume"].to_numpy(np.int64)
+    for w in ROLLING_WINDOWS:
+        expected = _windows(volume, w).sum(axis=1) == 0
+        assert (other[f"volume_mean_w{w}"].to_numpy(dtype=bool)[w - 1 :] == expected).all(), w
+    expected_tod = tod_silent_reference(other_bars, TOD_DAYS)
+    assert (other[tod_column].to_numpy(dtype=bool) == expected_tod).all()
+    assert expected_tod.any() and not expected_tod.all()
+
+
 def test_spread_features_match_numpy(wave1_dsn: str) -> None:
     _compare_model(wave1_dsn, "spread_features", spread_reference, spread_columns())
 
