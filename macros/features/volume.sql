@@ -276,17 +276,16 @@ from volume_spreads
     every NULL row read its windows' bars: ~80 µs per row for the five means and ~20 µs for the
     time-of-day lookups, on every row of a pair without volume (21.3 s against 1.0 s for the
     warm-up test of 4 pairs x 2 months of HistData-like bars; ~15 minutes at FX-year).
-    On Citus the per-pair probes of a reference table cannot reach the shards (as in
-    baseline_rates): grouped by pair instead, each shard reading its pairs' bars once. -#}
+    On Citus it is `false` (the rows' own window reads decide, as before): the warm-up test pushes
+    its whole select down to the shards, where an uncorrelated subquery over a distributed table
+    cannot run ("complex joins are only supported when all distributed tables are co-located",
+    measured with `make test-citus`), and a correlated one would read a silent pair per row. -#}
 {% macro volume_pair_is_silent(model_name) -%}
 {%- set index = market_index_relation() -%}
+{%- if distributed() -%}
+false
+{%- else -%}
 {{ model_name }}.pair in (
-    {%- if distributed() %}
-    select volume_bars.pair
-    from {{ index }} as volume_bars
-    group by volume_bars.pair
-    having bool_and(volume_bars.volume = 0)
-    {%- else %}
     select silent_pairs.pair
     from {{ graph_model_relation('baseline_rates', 'staging') }} as silent_pairs
     left join lateral (
@@ -297,8 +296,8 @@ from volume_spreads
         limit 1
     ) as first_volume on true
     where first_volume.ts_utc is null
-    {%- endif %}
 )
+{%- endif -%}
 {%- endmacro %}
 
 
