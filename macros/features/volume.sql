@@ -279,10 +279,12 @@ from volume_spreads
     On Citus it is `false` (the rows' own window reads decide, as before): the warm-up test pushes
     its whole select down to the shards, where an uncorrelated subquery over a distributed table
     cannot run ("complex joins are only supported when all distributed tables are co-located",
-    measured with `make test-citus`), and a correlated one would read a silent pair per row. -#}
+    measured with `make test-citus`), and a correlated one would read a silent pair per row.
+    var('null_rules_on_shards') asks for that form where no connection can tell: the dataset
+    builder's validation on a Citus source (bqx.datasets.validate.shard_null_rules). -#}
 {% macro volume_pair_is_silent(model_name) -%}
 {%- set index = market_index_relation() -%}
-{%- if distributed() -%}
+{%- if distributed() or var('null_rules_on_shards', false) -%}
 false
 {%- else -%}
 {{ model_name }}.pair in (

@@ -388,6 +388,28 @@ def test_volume_rules_on_a_pair_without_volume(wave1_dsn: str) -> None:
     assert expected_tod.any() and not expected_tod.all()
 
 
+def test_volume_rules_in_the_form_citus_shards_run(wave1_dsn: str) -> None:
+    """var null_rules_on_shards (the dataset builder's validation on a Citus source, where a pair's
+    query runs on its shard) renders the volume rules without the subquery over every pair, and
+    their verdicts stay those of the default form on every bar of the pair with a stretch without
+    volume."""
+    from bqx.datasets.validate import NULL_RULES_ON_SHARDS_VAR, shard_null_rules
+
+    columns = [f"volume_mean_w{w}" for w in ROLLING_WINDOWS] + [f"volume_tod_ratio_d{TOD_DAYS}"]
+    default = {f.matrix_column: f.null_allowed_when for f in feature_catalog().features}
+    on_shards = shard_null_rules(feature_catalog(vars={NULL_RULES_ON_SHARDS_VAR: True}))
+    assert all("silent_pairs" in default[c] and "silent_pairs" not in on_shards[c] for c in columns)
+    nulls = ", ".join(f"null::double precision as {c}" for c in columns)
+    verdicts = ", ".join(f"coalesce(({rules[c]}), false) as {name}_{c}" for name, rules in [("default", default), ("shards", on_shards)] for c in columns)
+    frame = query_frame(
+        wave1_dsn,
+        f"select {verdicts} from (select pair, ts_utc, {nulls} from staging.m1_index where pair = '{ZERO_VOLUME_PAIR}') as volume_features",
+    )
+    for c in columns:
+        assert (frame[f"default_{c}"] == frame[f"shards_{c}"]).all(), c
+        assert frame[f"default_{c}"].any() and not frame[f"default_{c}"].all(), c
+
+
 def test_spread_features_match_numpy(wave1_dsn: str) -> None:
     _compare_model(wave1_dsn, "spread_features", spread_reference, spread_columns())
 

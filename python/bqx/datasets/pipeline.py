@@ -35,6 +35,7 @@ from bqx.datasets import train as tr
 from bqx.datasets import validate as va
 from bqx.datasets.files import atomic_write_text, ensure_writable, remove_leftovers, temporary_path
 from bqx.datasets.options import BuilderOptions, DatasetError, check_options
+from bqx.distribute import source_distributed
 from bqx.project import PROJECT_DIR, dbt_vars
 
 MIN_PART_ROWS = 100  # fewer rows in a part (pooled) and the split is not worth the name
@@ -104,7 +105,15 @@ def _validation_key(extracts: Sequence[ex.PairExtract], options: BuilderOptions,
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
-def validated(dsn: str, extracts: Sequence[ex.PairExtract], catalog: Any, options: BuilderOptions, end_ts: dt.datetime, catalog_digest: str) -> dict[str, Any]:
+def validated(
+    dsn: str,
+    extracts: Sequence[ex.PairExtract],
+    catalog: Any,
+    options: BuilderOptions,
+    end_ts: dt.datetime,
+    catalog_digest: str,
+    rules: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
     """Validate (or reuse a passed validation of exactly these extractions); raise on failure."""
     path = options.out / "features" / VALIDATION_FILE
     key = _validation_key(extracts, options, catalog_digest)
@@ -128,6 +137,7 @@ def validated(dsn: str, extracts: Sequence[ex.PairExtract], catalog: Any, option
             work=work,
             dbt_vars=options.dbt_var_overrides(),
             progress=options.progress,
+            rules=rules,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)  # dbt's target folders of the scratch builds
@@ -512,6 +522,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
             raise DatasetError(f"--pairs: {unknown[0]} is not one of the pairs of the dbt var `pairs` ({', '.join(known_pairs[:4])}, ...)")
     with ex.connect(dsn) as conn:
         ex.require_models(conn, models, dsn)
+        on_shards = source_distributed(conn)  # Citus: the NULL rules in the form the shards run
         if options.pairs:
             pairs = list(options.pairs)
         elif events is not None:  # the events' pairs that have bars (the others' events: before_first_bar)
@@ -527,6 +538,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
         sources = ex.describe_pairs(conn, pairs, options.start, options.end, models)
     _, end_ts = ex._bounds(options.start, options.end)
     _check_long_enough(sources, catalog.longest_warmup_bars, lg.longest(options.lags))
+    rules = va.shard_null_rules(load_catalog(project_dir, options.dbt_var_overrides() | {va.NULL_RULES_ON_SHARDS_VAR: True})) if on_shards else None
     clock.lap("describe")
     extracts = ex.extract_pairs(dsn, sources, catalog, out, reuse=options.reuse, progress=options.progress)
     clock.lap("extract")
@@ -534,7 +546,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
     _status(f"extracted {len(extracts) - reused_pairs} pairs, reused {reused_pairs} unchanged", options)
     digest = catalog_hash(catalog)
     with ThreadPoolExecutor(1) as background:
-        validation = BackgroundValidation(background, lambda: validated(dsn, extracts, catalog, dataclasses.replace(options, progress=False), end_ts, digest), clock)
+        validation = BackgroundValidation(background, lambda: validated(dsn, extracts, catalog, dataclasses.replace(options, progress=False), end_ts, digest, rules), clock)
         try:
             return _build_from_extracts(options, catalog, dsn, extracts, events, digest, code_hash, builder_state, clock, validation)
         except BaseException:

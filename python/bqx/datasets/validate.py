@@ -159,6 +159,20 @@ def _late_null_masks(extract: PairExtract, facts: dict[str, Any], warmups: Mappi
     return masks
 
 
+# The var that renders the NULL rules as Citus's shards run them (macros/features/volume.sql,
+# volume_pair_is_silent): dbt asks the server itself (distributed()), the in-process catalog cannot.
+NULL_RULES_ON_SHARDS_VAR = "null_rules_on_shards"
+
+
+def shard_null_rules(shard_catalog: Any) -> dict[str, str | None]:
+    """Each column's null_allowed_when from a catalog rendered with NULL_RULES_ON_SHARDS_VAR: on a
+    Citus source a pair's query goes to the pair's shard, which cannot also run a subquery over
+    every shard (the volume rules' pair-level check: "complex joins are only supported when all
+    distributed tables are co-located"); the rows' own window reads decide there, as in dbt's
+    warm-up test on Citus."""
+    return {f.matrix_column: f.null_allowed_when for f in shard_catalog.features}
+
+
 def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None, facts: dict[str, Any] | None = None) -> list[Problem]:
     """NULL after a column's warm-up only where its null_allowed_when holds on that row (the
     predicate is the YAML's, over the model's columns, qualified by the model's name where its
@@ -512,8 +526,12 @@ def validate(
     work: Path,
     dbt_vars: dict[str, Any],
     progress: bool = True,
+    rules: dict[str, str | None] | None = None,
 ) -> ValidationReport:
     """Every check above on every pair; problems are collected, not raised.
+
+    `rules`: each column's null_allowed_when, when the server needs other forms than the
+    catalog's (a Citus source: shard_null_rules).
 
     The look-ahead rebuilds (dbt and the server, mostly) run in a thread beside the per-pair
     checks (the client reading and scanning the files), so the two overlap on two cores. Their
@@ -526,7 +544,8 @@ def validate(
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
-    rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}  # one line each (bqx.catalog)
+    if rules is None:  # else the rules as the server runs them (shard_null_rules)
+        rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}  # one line each (bqx.catalog)
     limits = fa.Limits.of(catalog)
     report = ValidationReport()
     cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed)
