@@ -281,7 +281,7 @@ from volume_spreads
     cannot run ("complex joins are only supported when all distributed tables are co-located",
     measured with `make test-citus`), and a correlated one would read a silent pair per row.
     var('null_rules_on_shards') asks for that form where no connection can tell: the dataset
-    builder's validation on a Citus source (bqx.datasets.validate.shard_null_rules). -#}
+    builder's validation on a Citus source (bqx.datasets.validate.NULL_RULES_ON_SHARDS_VAR). -#}
 {% macro volume_pair_is_silent(model_name) -%}
 {%- set index = market_index_relation() -%}
 {%- if distributed() or var('null_rules_on_shards', false) -%}

@@ -393,11 +393,11 @@ def test_volume_rules_in_the_form_citus_shards_run(wave1_dsn: str) -> None:
     query runs on its shard) renders the volume rules without the subquery over every pair, and
     their verdicts stay those of the default form on every bar of the pair with a stretch without
     volume."""
-    from bqx.datasets.validate import NULL_RULES_ON_SHARDS_VAR, shard_null_rules
+    from bqx.datasets.validate import NULL_RULES_ON_SHARDS_VAR, catalog_null_rules
 
     columns = [f"volume_mean_w{w}" for w in ROLLING_WINDOWS] + [f"volume_tod_ratio_d{TOD_DAYS}"]
-    default = {f.matrix_column: f.null_allowed_when for f in feature_catalog().features}
-    on_shards = shard_null_rules(feature_catalog(vars={NULL_RULES_ON_SHARDS_VAR: True}))
+    default = catalog_null_rules(feature_catalog())
+    on_shards = catalog_null_rules(feature_catalog(vars={NULL_RULES_ON_SHARDS_VAR: True}))
     assert all("silent_pairs" in default[c] and "silent_pairs" not in on_shards[c] for c in columns)
     nulls = ", ".join(f"null::double precision as {c}" for c in columns)
     verdicts = ", ".join(f"coalesce(({rules[c]}), false) as {name}_{c}" for name, rules in [("default", default), ("shards", on_shards)] for c in columns)

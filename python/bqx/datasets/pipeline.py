@@ -538,7 +538,7 @@ def run(options: BuilderOptions, dsn: str | None = None, project_dir: Path = PRO
         sources = ex.describe_pairs(conn, pairs, options.start, options.end, models)
     _, end_ts = ex._bounds(options.start, options.end)
     _check_long_enough(sources, catalog.longest_warmup_bars, lg.longest(options.lags))
-    rules = va.shard_null_rules(load_catalog(project_dir, options.dbt_var_overrides() | {va.NULL_RULES_ON_SHARDS_VAR: True})) if on_shards else None
+    rules = va.catalog_null_rules(load_catalog(project_dir, options.dbt_var_overrides() | {va.NULL_RULES_ON_SHARDS_VAR: True})) if on_shards else None
     clock.lap("describe")
     extracts = ex.extract_pairs(dsn, sources, catalog, out, reuse=options.reuse, progress=options.progress)
     clock.lap("extract")

@@ -127,9 +127,22 @@ def check_target_nulls(extract: PairExtract, catalog: Any, facts: dict[str, Any]
     ]
 
 
+# The var that renders the NULL rules as Citus's shards run them (macros/features/volume.sql,
+# volume_pair_is_silent): on a Citus source a pair's query goes to the pair's shard, which cannot
+# also run a subquery over every shard ("complex joins are only supported when all distributed
+# tables are co-located"). dbt asks the server itself (distributed()); the in-process catalog
+# cannot, so the builder renders a catalog with this var there and validates with its rules.
+NULL_RULES_ON_SHARDS_VAR = "null_rules_on_shards"
+
+
+def catalog_null_rules(catalog: Any) -> dict[str, str | None]:
+    """Each feature's null_allowed_when by matrix column (one line each: bqx.catalog)."""
+    return {f.matrix_column: f.null_allowed_when for f in catalog.features}
+
+
 def null_rules(catalog: Any, rules: dict[str, str | None] | None = None) -> dict[str, list[tuple[str, str, int, str | None]]]:
     """Per feature model: (model column, matrix column, warm-up bars, null_allowed_when)."""
-    rules = rules if rules is not None else {f.matrix_column: f.null_allowed_when for f in catalog.features}
+    rules = rules if rules is not None else catalog_null_rules(catalog)
     by_model: dict[str, list[tuple[str, str, int, str | None]]] = {}
     for feature in catalog.features:
         by_model.setdefault(feature.model, []).append((feature.column, feature.matrix_column, feature.warmup_bars, rules[feature.matrix_column]))
@@ -157,20 +170,6 @@ def _late_null_masks(extract: PairExtract, facts: dict[str, Any], warmups: Mappi
             masks[name] = np.zeros(rows, dtype=bool)
             masks[name][np.asarray(entry["rows"], dtype=np.int64)] = True
     return masks
-
-
-# The var that renders the NULL rules as Citus's shards run them (macros/features/volume.sql,
-# volume_pair_is_silent): dbt asks the server itself (distributed()), the in-process catalog cannot.
-NULL_RULES_ON_SHARDS_VAR = "null_rules_on_shards"
-
-
-def shard_null_rules(shard_catalog: Any) -> dict[str, str | None]:
-    """Each column's null_allowed_when from a catalog rendered with NULL_RULES_ON_SHARDS_VAR: on a
-    Citus source a pair's query goes to the pair's shard, which cannot also run a subquery over
-    every shard (the volume rules' pair-level check: "complex joins are only supported when all
-    distributed tables are co-located"); the rows' own window reads decide there, as in dbt's
-    warm-up test on Citus."""
-    return {f.matrix_column: f.null_allowed_when for f in shard_catalog.features}
 
 
 def check_nulls(dsn: str, extract: PairExtract, catalog: Any, rules: dict[str, str | None] | None = None, facts: dict[str, Any] | None = None) -> list[Problem]:
@@ -531,7 +530,7 @@ def validate(
     """Every check above on every pair; problems are collected, not raised.
 
     `rules`: each column's null_allowed_when, when the server needs other forms than the
-    catalog's (a Citus source: shard_null_rules).
+    catalog's (a Citus source: a catalog rendered with NULL_RULES_ON_SHARDS_VAR).
 
     The look-ahead rebuilds (dbt and the server, mostly) run in a thread beside the per-pair
     checks (the client reading and scanning the files), so the two overlap on two cores. Their
@@ -544,8 +543,7 @@ def validate(
     features = [f.matrix_column for f in catalog.features]
     targets = [t.column for t in catalog.targets]
     models = sorted({f.model for f in catalog.features})
-    if rules is None:  # else the rules as the server runs them (shard_null_rules)
-        rules = {f.matrix_column: f.null_allowed_when for f in catalog.features}  # one line each (bqx.catalog)
+    rules = rules if rules is not None else catalog_null_rules(catalog)
     limits = fa.Limits.of(catalog)
     report = ValidationReport()
     cuts = choose_cuts(extracts, lookahead_cuts, catalog.longest_warmup_bars, seed)
