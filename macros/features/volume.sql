@@ -288,8 +288,9 @@ from volume_spreads
 {#- For the NULL rules below: the tested row's pair has no bar with volume in m1_index at all
     (HistData's files, whose volume is always 0), so every window of it is silent. Uncorrelated,
     so PostgreSQL runs it at most once per query (a hashed subplan), and only when a NULL row
-    asks: per pair, the first bar with volume in time order (`limit 1` on the unique index), so a
-    pair with volume costs one index probe and only a pair without any reads its bars. Without it
+    asks: per pair, the first bar with volume in time order (`limit 1` on volume_bars_index's
+    partial index: one probe per pair, with volume or without; before that index exists, on the
+    unique index, which reads every bar of a pair without volume, per rule and query). Without it
     every NULL row read its windows' bars: ~80 µs per row for the five means and ~20 µs for the
     time-of-day lookups, on every row of a pair without volume (21.3 s against 1.0 s for the
     warm-up test of 4 pairs x 2 months of HistData-like bars; ~15 minutes at FX-year).
@@ -320,17 +321,74 @@ false
 {%- endmacro %}
 
 
+{#- m1_index's bars with volume, indexed: a partial index on (pair, ts_utc) where volume <> 0,
+    created by m1_index's post-hook (dbt-postgres's `indexes` config has no WHERE), once per table
+    (a full refresh makes a new one). It answers the volume NULL rules' two questions in a probe
+    each: whether a pair has any bar with volume (volume_pair_is_silent, whose `limit 1` probe
+    otherwise reads every bar of a pair without volume, per rule and query) and whether one of
+    the W bars up to a row has (volume_bars_in_window, otherwise W bars read per NULL row). A
+    pair without volume adds nothing to it; for bars with volume it costs what m1_index's other
+    indexes cost to build (measured in README, "Bars without volume or spread"). Rows are only
+    ever read through it where the planner finds it cheaper; without it (a database built before
+    it, until m1_index's next run) the rules give the same verdicts, slower. -#}
+{% macro volume_bars_index(relation=this) -%}
+do $volume_bars_index$
+begin
+    if not exists (
+        select 1
+        from pg_catalog.pg_index as indexes
+        where
+            indexes.indrelid = '{{ relation }}'::regclass
+            and pg_catalog.pg_get_expr(indexes.indpred, indexes.indrelid) = '(volume <> 0)'
+    ) then
+        -- unnamed: during a full refresh the table being replaced still holds its own
+        create index on {{ relation }} (pair, ts_utc) where volume <> 0;
+    end if;
+end
+$volume_bars_index$
+{%- endmacro %}
+
+
+{#- For the NULL rules below: whether one of the `w` bars of m1_index ending at the tested row of
+    `model_name` (its own bar included) has volume. The first of those bars is found by position
+    (bar_number is dense per pair), then one range probe over the bars with volume between it and
+    the row (volume_bars_index: a probe, where reading the window's bars cost ~80 µs per row; the
+    range bounds the read to the window's bars either way). -#}
+{% macro volume_bars_in_window(model_name, w) -%}
+{%- set index = market_index_relation() -%}
+exists (
+    select 1
+    from {{ index }} as volume_bars
+    where
+        volume_bars.pair = {{ model_name }}.pair
+        and volume_bars.volume <> 0
+        and volume_bars.ts_utc <= {{ model_name }}.ts_utc
+        and volume_bars.ts_utc >= (
+            select first_bar.ts_utc
+            from {{ index }} as first_bar
+            where
+                first_bar.pair = {{ model_name }}.pair
+                and first_bar.bar_number = greatest((
+                    select tested_bar.bar_number
+                    from {{ index }} as tested_bar
+                    where tested_bar.pair = {{ model_name }}.pair and tested_bar.ts_utc = {{ model_name }}.ts_utc
+                ) - {{ w - 1 }}, 0)
+        )
+)
+{%- endmacro %}
+
+
 {#- For the warm-up test (null_allowed_when of volume_columns()): `column` of the tested row of
     `model_name` is NULL and the W bars of m1_index ending at that row have no volume: at once
-    when its pair has none at all (volume_pair_is_silent), else by reading the W bars.
-    The subqueries run only on NULL rows. (A shorter window's rule cannot lean on the longest
-    window's NULL, as spread_window_has_null leans on a shorter one's: during the longest
-    window's warm-up that NULL says nothing, and a rule sees no bar position.) -#}
+    when its pair has none at all (volume_pair_is_silent), else by a probe of those bars
+    (volume_bars_in_window). The subqueries run only on NULL rows. (A shorter window's rule cannot
+    lean on the longest window's NULL, as spread_window_has_null leans on a shorter one's: during
+    the longest window's warm-up that NULL says nothing, and a rule sees no bar position.) -#}
 {% macro volume_window_is_silent(model_name, column, w) -%}
 case
     when {{ model_name }}.{{ column }} is null
         then {{ volume_pair_is_silent(model_name) }}
-            or not {{ last_bars_exist(model_name, w, ['volume'], 'last_bars.volume <> 0') }}
+            or not {{ volume_bars_in_window(model_name, w) }}
     else false
 end
 {%- endmacro %}

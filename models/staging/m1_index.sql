@@ -3,7 +3,7 @@
     incremental_strategy='recompute',
     unique_key=['pair', 'ts_utc'],
     on_schema_change='fail',
-    post_hook="{{ record_increment() }}",
+    post_hook=["{{ volume_bars_index() }}", "{{ record_increment() }}"],
 ) }}
 
 {#- Incremental on raw.m1_changes (macros/incremental/incremental_rows.sql): per pair, the bars

@@ -388,6 +388,32 @@ def test_volume_rules_on_a_pair_without_volume(wave1_dsn: str) -> None:
     assert expected_tod.any() and not expected_tod.all()
 
 
+def test_volume_bars_index_is_one_partial_index(wave1_dsn: str) -> None:
+    """m1_index's post-hook (volume_bars_index) left one partial index of the bars with volume on
+    (pair, ts_utc), which the volume rules' probes read, and running the hook again (every
+    incremental run of m1_index does) adds none. Each rule's verdicts are compared with NumPy in the
+    tests above, with the index in place; dropped, the hook creates it again."""
+    import psycopg
+
+    from bqx.macros import call_macro
+
+    hook = call_macro("volume_bars_index", "staging.m1_index")
+    partial = (
+        "select pg_get_indexdef(indexrelid) from pg_index"
+        " where indrelid = 'staging.m1_index'::regclass and indpred is not null"
+    )
+    with psycopg.connect(wave1_dsn) as conn:
+        built = [d for (d,) in conn.execute(partial).fetchall()]
+        assert len(built) == 1 and built[0].endswith("USING btree (pair, ts_utc) WHERE (volume <> 0)"), built
+        conn.execute(hook)
+        assert [d for (d,) in conn.execute(partial).fetchall()] == built
+        conn.execute(f"drop index staging.{built[0].split()[2]}")
+        assert conn.execute(partial).fetchall() == []
+        conn.execute(hook)
+        assert [d.split()[3:] for (d,) in conn.execute(partial).fetchall()] == [built[0].split()[3:]]
+        conn.rollback()
+
+
 def test_volume_rules_in_the_form_citus_shards_run(wave1_dsn: str) -> None:
     """var null_rules_on_shards (the dataset builder's validation on a Citus source, where a pair's
     query runs on its shard) renders the volume rules without the subquery over every pair, and
