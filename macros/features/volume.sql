@@ -355,25 +355,34 @@ $volume_bars_index$
     the row (volume_bars_index: a probe, where reading the window's bars cost ~80 µs per row; the
     range bounds the read to the window's bars either way). -#}
 {% macro volume_bars_in_window(model_name, w) -%}
-{%- set index = market_index_relation() -%}
 exists (
     select 1
-    from {{ index }} as volume_bars
+    from {{ market_index_relation() }} as volume_bars
     where
         volume_bars.pair = {{ model_name }}.pair
         and volume_bars.volume <> 0
         and volume_bars.ts_utc <= {{ model_name }}.ts_utc
-        and volume_bars.ts_utc >= (
-            select first_bar.ts_utc
-            from {{ index }} as first_bar
-            where
-                first_bar.pair = {{ model_name }}.pair
-                and first_bar.bar_number = greatest((
-                    select tested_bar.bar_number
-                    from {{ index }} as tested_bar
-                    where tested_bar.pair = {{ model_name }}.pair and tested_bar.ts_utc = {{ model_name }}.ts_utc
-                ) - {{ w - 1 }}, 0)
-        )
+        and volume_bars.ts_utc >= {{ bar_before_ts(model_name, w - 1) }}
+)
+{%- endmacro %}
+
+
+{#- The ts_utc of the bar of m1_index `bars` positions before the tested row of `model_name` (the
+    pair's first bar when it has fewer before it; NULL if the row is not a bar): two probes of
+    m1_index's unique indexes, the row's bar_number by (pair, ts_utc), then that bar by (pair,
+    bar_number) (dense per pair). Where the volume rules' windows start. -#}
+{% macro bar_before_ts(model_name, bars) -%}
+{%- set index = market_index_relation() -%}
+(
+    select first_bar.ts_utc
+    from {{ index }} as first_bar
+    where
+        first_bar.pair = {{ model_name }}.pair
+        and first_bar.bar_number = greatest((
+            select tested_bar.bar_number
+            from {{ index }} as tested_bar
+            where tested_bar.pair = {{ model_name }}.pair and tested_bar.ts_utc = {{ model_name }}.ts_utc
+        ) - {{ bars }}, 0)
 )
 {%- endmacro %}
 
@@ -431,18 +440,7 @@ end
 case
     when {{ model_name }}.{{ column }} is null
         then {{ volume_pair_is_silent(model_name) }} or case
-            when exists (
-                select 1
-                from {{ index }} as tested_bar
-                inner join {{ index }} as first_bar
-                    on
-                        tested_bar.pair = first_bar.pair
-                        and first_bar.bar_number = greatest(tested_bar.bar_number - {{ bars }}, 0)
-                where
-                    tested_bar.pair = {{ model_name }}.pair
-                    and tested_bar.ts_utc = {{ model_name }}.ts_utc
-                    and first_bar.ts_utc >= {{ model_name }}.ts_utc - interval '{{ days * 24 }} hours'
-            )
+            when {{ bar_before_ts(model_name, bars) }} >= {{ model_name }}.ts_utc - interval '{{ days * 24 }} hours'
                 then not exists (
                     select 1
                     from {{ index }} as tested_bar
