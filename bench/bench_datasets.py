@@ -6,10 +6,12 @@ its database (bench/run.py runs one script at a time).
 
 1. Extraction of every feature column and every target, per pair (BENCH_EXTRACT_PAIRS pairs, the
    same rows for each reader), best of REPEAT:
-   - `relations_pgcopy`: the builder's reader (bqx.datasets.extract.read_rows): each feature
-     model's and marts.targets' rows of the pair by index, each column packed by the server into
-     one field (string_agg of the values' binary form) and decoded by bqx.pgcopy into NumPy, on
-     two connections at once, put side by side in Arrow (keys checked, NULLs kept);
+   - `relations_pgcopy`: the builder's reader (bqx.datasets.extract.read_rows), every column as
+     float8 (the form of a pair's first rows; after them the builder reads its float32 columns
+     as float4): each feature model's and marts.targets' rows of the pair by index, each column
+     packed by the server into one field (string_agg of the values' binary form) and decoded by
+     bqx.pgcopy into NumPy, on two connections at once, put side by side in Arrow (keys
+     checked, NULLs kept);
    - `relations_rowcopy`: the builder's reader before that: the same reads as one binary COPY
      row per bar (one message each), decoded by bqx.pgcopy.read_fixed_rows;
    - `builder_parquet`: the builder's whole extraction step, the above plus the float32 decision,
@@ -267,7 +269,7 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
             seconds[name], _ = best_of(REPEAT, action)
     what = f"{len(sources)} pairs × {months} month{'s' if months != 1 else ''} ({BENCH_START:%Y-%m-%d} .. {months_later(BENCH_START, months):%Y-%m-%d}), {rows:,} rows × {width} columns, best of {REPEAT}"
     labels = {
-        "relations_pgcopy": "the builder's reader: each relation by index, its columns packed by the server (string_agg of each value's binary form) into one COPY row, decoded by bqx.pgcopy, two connections, side by side in Arrow",
+        "relations_pgcopy": "the builder's reader, every column as float8: each relation by index, its columns packed by the server (string_agg of each value's binary form) into one COPY row, decoded by bqx.pgcopy, two connections, side by side in Arrow",
         "relations_rowcopy": "the builder's reader before the packed columns: each relation by index, one binary COPY row per bar decoded by bqx.pgcopy.read_fixed_rows, two connections",
         "builder_parquet": "the builder's extraction step: the reader + float32 decision and casts + zstd Parquet file per pair",
         "relations_adbc": "each relation by index as the builder reads them, two connections, decoded by the ADBC PostgreSQL driver (binary COPY into Arrow in C)",

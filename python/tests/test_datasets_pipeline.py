@@ -494,6 +494,69 @@ def test_corrected_bar_changes_fingerprint_and_extraction(
         ex.extract_pairs(dsn, rebuilt[:1], catalog, tmp_path / "missing", reuse=False, progress=False)
 
 
+def test_float4_from_the_server_gives_the_client_cast_files(
+    database_factory: Callable[[str], str], dbt_runner: Callable[..., None], fixture_bars: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a pair's first chunk decided its float32 columns, the later chunks bring them as
+    float4 from the server: the files are the bytes the client's own casts give, also where a
+    value lies beyond float4 (the server refuses the cast, the relation is read again as float8
+    and the client casts it to inf and to a signed 0, as before)."""
+    from bqx.load import load_frame
+
+    dsn = database_factory("float4")
+    bars = fixture_bars[(fixture_bars["pair"] == "USDJPY") & (fixture_bars["ts_utc"] < pd.Timestamp("2024-07-05", tz="UTC"))]
+    load_frame(dsn, bars, "bars")
+    dbt_runner(dsn, "run", "--select", "tag:wave1")
+    catalog = feature_catalog(PROJECT_DIR)
+    models = sorted({f.model for f in catalog.features})
+    with ex.connect(dsn) as conn:
+        sources = ex.describe_pairs(conn, ["USDJPY"], None, None, models)
+    monkeypatch.setattr(ex, "ROW_GROUP_ROWS", 1_000)  # several chunks on the fixture's few days,
+    monkeypatch.setattr(ex, "PRECISION_ROWS", 400)  # the first one decided on its first rows ...
+    monkeypatch.setattr(ex, "PRECISION_MIN_VALUES", 100)  # ... or, for the long warm-ups, on all its rows
+    asked: list[frozenset[str]] = []
+    real_query = ex.relation_query
+
+    def spy(relation: ex.Relation, pair: str, first: dt.datetime, last: dt.datetime, float4: frozenset[str] = frozenset()) -> Any:
+        asked.append(float4)
+        return real_query(relation, pair, first, last, float4)
+
+    def client_casts_only() -> Path:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ex, "relation_query", lambda relation, pair, first, last, float4=frozenset(): real_query(relation, pair, first, last))
+            patch.setattr(ex, "read_relation", lambda conn, relation, pair, keys, float4=frozenset(), read=ex.read_relation: read(conn, relation, pair, keys))
+            folder = tmp_path / f"client_{len(list(tmp_path.iterdir()))}"
+            return ex.extract_pairs(dsn, sources, catalog, folder, reuse=False, progress=False)[0].path
+
+    monkeypatch.setattr(ex, "relation_query", spy)
+    served = ex.extract_pairs(dsn, sources, catalog, tmp_path / "served", reuse=False, progress=False)[0]
+    narrow = [f for f in asked if f]
+    assert narrow and "rate_rsi_14" in narrow[0] and not set(served.float64_columns) & narrow[0]
+    head = pq.read_table(served.path).slice(0, 400)
+    undecided = [f.matrix_column for f in catalog.features if head.column(f.matrix_column).drop_null().length() < 100]
+    assert undecided and not set(undecided) & narrow[0]  # read as float8 to the end of the first chunk
+    assert set(undecided) - set(served.float64_columns) <= narrow[-1]  # later chunks: float4 where the whole chunk allowed
+    assert set(undecided) - set(served.float64_columns)
+    assert sources[0].rows > 3 * ex.ROW_GROUP_ROWS
+    assert filecmp.cmp(served.path, client_casts_only(), shallow=False)
+    # values float4 cannot hold, after the first chunk, in a float32 column
+    column = catalog.by_matrix_column()["rate_rsi_14"]
+    planted = {2500: 1e39, 2600: -1e39, 2700: 1e-50, 2800: -1e-50}
+    minutes = pq.read_table(served.path, columns=["ts_utc"]).column("ts_utc").to_pylist()
+    with ex.connect(dsn) as conn:
+        for row, value in planted.items():
+            conn.execute(f"update features.{column.model} set {column.column} = %s where pair = 'USDJPY' and ts_utc = %s", (value, minutes[row]))
+    asked.clear()
+    refused = ex.extract_pairs(dsn, sources, catalog, tmp_path / "refused", reuse=False, progress=False)[0]
+    assert any(asked)  # the server was asked float4 and refused it on the planted chunks
+    assert filecmp.cmp(refused.path, client_casts_only(), shallow=False)
+    values = pq.read_table(refused.path, columns=["rate_rsi_14"]).column("rate_rsi_14").to_numpy(zero_copy_only=False)
+    assert pq.read_schema(refused.path).field("rate_rsi_14").type == pa.float32()
+    assert values[2500] == np.inf and values[2600] == -np.inf
+    assert values[2700] == 0 and not np.signbit(values[2700]) and values[2800] == 0 and np.signbit(values[2800])
+    assert [p.column for p in va.check_values(refused, ["rate_rsi_14"])] == ["rate_rsi_14"]  # inf is caught, as before
+
+
 # --- datasets at event times (--events) --------------------------------------------------------
 
 MAX_AGE = pd.Timedelta(minutes=5)
