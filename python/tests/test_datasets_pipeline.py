@@ -548,7 +548,7 @@ def test_float4_from_the_server_gives_the_client_cast_files(
             conn.execute(f"update features.{column.model} set {column.column} = %s where pair = 'USDJPY' and ts_utc = %s", (value, minutes[row]))
     asked.clear()
     refused = ex.extract_pairs(dsn, sources, catalog, tmp_path / "refused", reuse=False, progress=False)[0]
-    assert any(asked)  # the server was asked float4 and refused it on the planted chunks
+    assert any(asked)  # float4 was asked: the planted values make the server refuse it, so what follows came from the float8 re-read
     assert filecmp.cmp(refused.path, client_casts_only(), shallow=False)
     values = pq.read_table(refused.path, columns=["rate_rsi_14"]).column("rate_rsi_14").to_numpy(zero_copy_only=False)
     assert pq.read_schema(refused.path).field("rate_rsi_14").type == pa.float32()
