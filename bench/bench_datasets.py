@@ -27,7 +27,11 @@ its database (bench/run.py runs one script at a time).
    Rows/s and values/s (rows × columns); ratios against the plain cursor fetch, and the 2 × 2 of
    decoder (ADBC, psycopg binary COPY + pgcopy) × source (per relation, the view). And the
    server's ceiling: the backend's CPU time producing the builder's per-relation COPYs (read and
-   thrown away), spread over every core: no reader on this machine can beat it.
+   thrown away), spread over every core: no reader on this machine can beat it; every column as
+   float8 (`server_copy_ceiling`) and in the builder's form, its float32 columns as float4
+   (`server_copy_ceiling_float4`). With the builder's own CPU in its extraction step beside it
+   (`machine_ceiling`: both sides' CPU spread over every core), the most the builder's
+   extraction can reach on this machine with no core ever idle.
    BENCH_READERS=0 skips this part (an FX-year run of the builder alone: the plain cursor
    baseline alone would take ~8 minutes on 4 pairs × 12 months).
 2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
@@ -114,12 +118,14 @@ def relations_rowcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCa
     return rows
 
 
-def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog) -> float | None:
+def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog, float4: dict[str, frozenset[str]] | None = None) -> float | None:
     """The server's side alone: the builder's per-relation queries (packed columns) as binary COPY
     read and thrown away (no decoding), one connection; returns the backend's CPU seconds (/proc/<pid>/stat, user
     + system), or None when the server is not on this machine. PostgreSQL produces COPY output
     on one core per connection, so rows ÷ (these seconds ÷ cores) is the most any reader can get
-    out of this machine with every core producing COPY output and none left for decoding."""
+    out of this machine with every core producing COPY output and none left for decoding.
+    `float4`: per pair, the columns sent as float4 (the builder's form after a pair's first
+    rows: its float32 columns); None sends every column as float8."""
     ticks = os.sysconf("SC_CLK_TCK")
     with ex.connect(dsn) as conn:
         pid = conn.execute("select pg_backend_pid()").fetchone()[0]
@@ -136,7 +142,8 @@ def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCata
         started = cpu()
         for source in sources:
             for relation in relations:
-                query = ex.relation_query(relation, source.pair, source.first_ts, source.last_ts).as_string(conn)
+                narrow = (float4 or {}).get(source.pair, frozenset())
+                query = ex.relation_query(relation, source.pair, source.first_ts, source.last_ts, narrow).as_string(conn)
                 with conn.cursor().copy(f"copy ({query}) to stdout (format binary)") as copy:
                     for _block in copy:
                         pass
@@ -255,10 +262,19 @@ def main() -> int:
 def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targets: list[str], months: int, rows: int, width: int) -> None:
     """Part 1 of the module doc: the readers on the same rows, and the server's ceiling."""
     seconds: dict[str, float] = {}
+    extracted: list[ex.PairExtract] = []
+    client_cpu: list[float] = []  # the builder's own CPU (every thread of this process) per run
+
+    def builder_parquet(folder: Path) -> int:
+        started = time.process_time()
+        extracted[:] = ex.extract_pairs(bench.dsn, sources, catalog, folder, reuse=False, progress=False)
+        client_cpu.append(time.process_time() - started)
+        return len(extracted)
+
     with tempfile.TemporaryDirectory(prefix="bqx_extract_bench_") as tmp:
         readers = {
             "relations_pgcopy": lambda: relations_pgcopy(bench.dsn, sources, catalog),
-            "builder_parquet": lambda: len(ex.extract_pairs(bench.dsn, sources, catalog, Path(tmp), reuse=False, progress=False)),
+            "builder_parquet": lambda: builder_parquet(Path(tmp)),
             "relations_rowcopy": lambda: relations_rowcopy(bench.dsn, sources, catalog),
             "relations_adbc": lambda: relations_adbc(bench.dsn, sources, catalog),
             "view_adbc": lambda: sum(view_adbc(bench.dsn, s, features, targets) for s in sources),
@@ -291,6 +307,26 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
             f"({server_cpu:.2f} s of backend CPU, read and thrown away, no decoding) spread over all {cores} cores: "
             f"the most any reader can extract on this machine ({rows * width / server_cpu:,.0f} values/s per core); {what} "
             f"(goal ≥ 100k rows/s at 300+ columns)",
+        )  # fmt: skip
+    # the builder's own form: its float32 columns as float4 (it sends a pair's first
+    # PRECISION_ROWS rows as float8 to decide them: here every row is sent in the later form)
+    float4 = {e.pair: frozenset(features) - set(e.float64_columns) for e in extracted}
+    server_cpu = min(filter(None, (server_copy_cpu(bench.dsn, sources, catalog, float4) for _ in range(REPEAT))), default=None)
+    if server_cpu:
+        cores = os.cpu_count() or 1
+        narrow = sum(len(v) for v in float4.values()) / max(len(float4), 1)
+        record(
+            "extract.server_copy_ceiling_float4.rows_per_s", rows / (server_cpu / cores), "rows/s",
+            f"the server's side alone as extract.server_copy_ceiling, in the builder's form: the float32 columns "
+            f"({narrow:.0f} per pair) sent as float4, every row (the builder sends a pair's first {ex.PRECISION_ROWS:,} rows as "
+            f"float8); {server_cpu:.2f} s of backend CPU over {cores} cores; {what} (goal ≥ 100k rows/s at 300+ columns)",
+        )  # fmt: skip
+        client = min(client_cpu)
+        record(
+            "extract.machine_ceiling.rows_per_s", rows / ((server_cpu + client) / cores), "rows/s",
+            f"rows ÷ ((the server's CPU in the builder's form, {server_cpu:.2f} s, + the builder's own CPU in its extraction step, "
+            f"{client:.2f} s: decoding, casts, zstd Parquet, the validation's facts) ÷ {cores} cores): the builder's extraction "
+            f"on this machine with every core busy and no idle time; {what} (goal ≥ 100k rows/s at 300+ columns)",
         )  # fmt: skip
     for decoder in ("pgcopy", "adbc"):
         record(
