@@ -36,7 +36,10 @@ its database (bench/run.py runs one script at a time).
    baseline alone would take ~8 minutes on 4 pairs × 12 months).
 2. `python python/build_datasets.py` on all pairs under `/usr/bin/time -v`: wall time and peak
    RSS (`builder.*`), the first (cold) run, and each step's wall time as its closing note prints
-   it (`builder.step.<step>.s`); goals at FX-year size: <= 5 minutes, <= 4 GiB.
+   it (`builder.step.<step>.s`); goals at FX-year size: <= 5 minutes, <= 4 GiB. And the CPU it
+   took: its own (`builder.cpu.client_s`), the server's (`builder.cpu.server_s`, the server's
+   process tree, exited backends included) and the share of the machine they kept busy
+   (`builder.cpu.busy_share`: near 1, the wall time falls only with less work or more cores).
 """
 
 from __future__ import annotations
@@ -344,22 +347,64 @@ def _readers(bench: Any, sources: list, catalog: Any, features: list[str], targe
     )  # fmt: skip
 
 
+def server_tree_cpu(dsn: str) -> float | None:
+    """CPU seconds (user + system) the server's processes have used so far: the postmaster, its
+    live children (backends, parallel workers, background processes) and, through the
+    postmaster's cutime/cstime, every child it has reaped (a connection closed meanwhile). The
+    difference of two readings is the server's CPU between them, exited backends included.
+    None when the server is not on this machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    try:
+        with psycopg.connect(dsn) as conn:
+            backend = conn.execute("select pg_backend_pid()").fetchone()[0]
+            postmaster = int(fields(backend)[1])  # the backend's parent
+        own = fields(postmaster)
+        total = sum(int(own[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+        for child in Path("/proc").glob("[0-9]*"):
+            try:
+                stat = fields(int(child.name))
+            except (OSError, ValueError):
+                continue  # gone meanwhile: reaped, so counted in the postmaster's cutime/cstime
+            if int(stat[1]) == postmaster:
+                total += int(stat[11]) + int(stat[12]) + int(stat[13]) + int(stat[14])
+        return total / ticks
+    except OSError:
+        return None
+
+
 def _builder(bench: Any, months: int) -> None:
     """Part 2 of the module doc: the whole builder, cold, under /usr/bin/time -v."""
     with tempfile.TemporaryDirectory(prefix="bqx_builder_bench_") as tmp:
         env = dict(os.environ, BQX_PG_DSN=bench.dsn)
         command = ["/usr/bin/time", "-v", sys.executable, str(PROJECT_DIR / "python" / "build_datasets.py"), "--out", tmp, "--no-progress"]
+        server_before = server_tree_cpu(bench.dsn)
         started = time.perf_counter()
         done = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - started
+        server_after = server_tree_cpu(bench.dsn)
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
             raise SystemExit(1)
         peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+        client_cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([0-9.]+)", done.stderr).group(1)) for kind in ("User", "System"))
         print(done.stdout)
     size = f"{size_label(months, bench.pairs)}, {bench.rows:,} bars"
     record("builder.wall.s", wall, "s", f"python/build_datasets.py, cold (extraction, validation incl. look-ahead rebuilds, selection, datasets, models, report), {size} (goal at FX-year: ≤ 300 s)")
     record("builder.peak_rss.mib", peak_kib / 1024, "MiB", f"peak RSS of the builder (/usr/bin/time -v), {size} (goal at FX-year: ≤ 4096 MiB)")
+    record("builder.cpu.client_s", client_cpu, "s", f"the builder's own CPU in that run, user + system of it and its threads (/usr/bin/time -v), {size}")
+    if server_before is not None and server_after is not None:
+        cores = os.cpu_count() or 1
+        server_cpu = server_after - server_before
+        record("builder.cpu.server_s", server_cpu, "s", f"the server's CPU during that run: its processes' user + system, exited backends included (the postmaster's reaped children), {size}")
+        record(
+            "builder.cpu.busy_share", (client_cpu + server_cpu) / (cores * wall), "ratio",
+            f"(builder.cpu.client_s + builder.cpu.server_s) ÷ ({cores} cores × builder.wall.s): how much of the machine the run kept busy "
+            f"(1: no core ever idle; the wall time can then only fall with less work or more cores), {size}",
+        )  # fmt: skip
     steps = re.search(r"wall time per step: (.+)", done.stdout)
     for step, seconds in re.findall(r"([a-z][a-z ]*?) ([0-9.]+) s(?:,|$)", steps.group(1) if steps else ""):
         record(f"builder.step.{step.replace(' ', '_')}.s", float(seconds), "s", f"the builder's step '{step}' in that run (its closing note), {size}")
