@@ -121,6 +121,12 @@ def relations_rowcopy(dsn: str, sources: list[ex.PairSource], catalog: FeatureCa
     return rows
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: [1] the parent's pid, [11] and [12]
+    user and system ticks, [13] and [14] those of the children it has reaped."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCatalog, float4: dict[str, frozenset[str]] | None = None) -> float | None:
     """The server's side alone: the builder's per-relation queries (packed columns) as binary COPY
     read and thrown away (no decoding), one connection; returns the backend's CPU seconds (/proc/<pid>/stat, user
@@ -132,12 +138,11 @@ def server_copy_cpu(dsn: str, sources: list[ex.PairSource], catalog: FeatureCata
     ticks = os.sysconf("SC_CLK_TCK")
     with ex.connect(dsn) as conn:
         pid = conn.execute("select pg_backend_pid()").fetchone()[0]
-        stat = Path(f"/proc/{pid}/stat")
-        if not stat.exists():
+        if not Path(f"/proc/{pid}/stat").exists():
             return None
 
         def cpu() -> float:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = proc_stat(pid)
             return (int(fields[11]) + int(fields[12])) / ticks
 
         conn.execute("set max_parallel_workers_per_gather = 0")
@@ -354,19 +359,15 @@ def server_tree_cpu(dsn: str) -> float | None:
     difference of two readings is the server's CPU between them, exited backends included.
     None when the server is not on this machine."""
     ticks = os.sysconf("SC_CLK_TCK")
-
-    def fields(pid: int) -> list[str]:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
     try:
         with psycopg.connect(dsn) as conn:
             backend = conn.execute("select pg_backend_pid()").fetchone()[0]
-            postmaster = int(fields(backend)[1])  # the backend's parent
-        own = fields(postmaster)
+            postmaster = int(proc_stat(backend)[1])  # the backend's parent
+        own = proc_stat(postmaster)
         total = sum(int(own[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
         for child in Path("/proc").glob("[0-9]*"):
             try:
-                stat = fields(int(child.name))
+                stat = proc_stat(int(child.name))
             except (OSError, ValueError):
                 continue  # gone meanwhile: reaped, so counted in the postmaster's cutime/cstime
             if int(stat[1]) == postmaster:
