@@ -361,6 +361,49 @@ def test_a_model_writing_no_row_for_a_pair_with_new_bars_fails_the_build(
     load_frame(ops_dsn, fixture_bars[(fixture_bars["pair"] == "EURJPY") & (fixture_bars["ts_utc"] == "2024-07-04 10:00")], "undo")
 
 
+def _rows_written_and_counted(dsn: str, schema: str, model: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Per pair with rows: the rows the last build recorded for `model`, and the rows its table holds."""
+    with psycopg.connect(dsn) as conn:
+        recorded = dict(conn.execute(
+            "select pair, rows_written from build_state.model_pairs where model = %s and rows_written > 0",
+            (model,)).fetchall())
+        counted = dict(conn.execute(f"select pair, count(*) from {schema}.{model} group by pair").fetchall())
+    return recorded, counted
+
+
+def test_a_full_build_records_the_rows_each_pair_has_even_with_a_row_skipped_inside(
+    database_factory: Callable[[str], str], dbt_runner: Callable[..., Path], fixture_bars: pd.DataFrame,
+    tmp_path: Path,
+) -> None:
+    """A full build records each pair's rows from the span of m1_index bars between its first and
+    last row (macros/incremental/recompute_strategy.sql: no scan of the table), trusted only when
+    the spans add up to the rows inserted. A model that skipped rows inside a pair's span (a copy
+    of the project whose bqx leaves out an hour of EURJPY) must record the rows it holds."""
+    dsn = database_factory("rows_written")
+    load_frame(dsn, fixture_bars[fixture_bars["pair"].isin(["EURJPY", "GBPUSD"])], "two pairs")
+    dbt_runner(dsn, "run", "--select", "+bqx")
+    for schema, model in (("staging", "m1_index"), ("features", "bqx")):
+        recorded, counted = _rows_written_and_counted(dsn, schema, model)
+        assert recorded == counted and set(counted) == {"EURJPY", "GBPUSD"}, model
+
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns(".venv", ".bqx", "target", "logs", "data", ".git"))
+    model = project / "models" / "features" / "bqx" / "bqx.sql"
+    model.write_text(model.read_text().replace(
+        "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }}",
+        "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }} and not (bqx_values.pair ="
+        " 'EURJPY' and bqx_values.ts_utc between '2024-07-03 10:00+00' and '2024-07-03 10:59+00')",
+    ))
+    done = run_dbt(["run", "--full-refresh", "--select", "bqx"], dsn, project_dir=project,
+                   target_path=tmp_path / "gap", capture=True)
+    assert done.returncode == 0, done.stdout[-6000:]
+    recorded, counted = _rows_written_and_counted(dsn, "features", "bqx")
+    eurjpy = fixture_bars.loc[fixture_bars["pair"] == "EURJPY", "ts_utc"].sort_values()
+    skipped = eurjpy.between(pd.Timestamp("2024-07-03 10:00", tz="UTC"), pd.Timestamp("2024-07-03 10:59", tz="UTC"))
+    assert skipped.any() and not skipped.iloc[0] and not skipped.iloc[-1]  # the hour is inside the pair's span
+    assert recorded == counted and counted["EURJPY"] == len(eurjpy) - skipped.sum(), (recorded, counted)
+
+
 def test_a_changed_baseline_date_stops_an_incremental_build(ops_dsn: str, tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.mkdir()
