@@ -99,7 +99,7 @@ SERVER_SETTINGS: dict[str, str] = {
     "max_worker_processes": "4",
     "max_parallel_workers": "2",
     "max_parallel_workers_per_gather": "2",
-    "max_parallel_maintenance_workers": "2",
+    "max_parallel_maintenance_workers": "0",
     "jit": "off",
     "wal_level": "minimal",
     "max_wal_senders": "0",
