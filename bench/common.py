@@ -50,7 +50,7 @@ T = TypeVar("T")
 REPORTED_SETTINGS = (
     "shared_buffers", "work_mem", "maintenance_work_mem", "effective_cache_size", "max_wal_size",
     "checkpoint_timeout", "wal_level", "synchronous_commit", "jit", "max_parallel_workers_per_gather",
-    "max_parallel_workers", "random_page_cost",
+    "max_parallel_workers", "max_parallel_maintenance_workers", "random_page_cost",
 )  # fmt: skip
 
 
