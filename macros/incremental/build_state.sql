@@ -240,3 +240,14 @@ where not exists (
 {{ writer_lock_shared() }};
 select pg_advisory_xact_lock(hashtext('bqx.model {{ this }}'))
 {%- endmacro %}
+
+
+{#- Pre-hook of every model, in its transaction: a table built in its own transaction skips the WAL
+    (wal_level = minimal) and is fsynced at commit, where dbt waited ~0.8 s per model for a 0.9 GB
+    table (28 pairs x 3 months) while the kernel had written little of it; asking for write-back
+    every 2 MB as the backend writes, the commit took 0.09 s and the build no longer. Per model
+    transaction (`set local`), not for the server: the data tests right after a build set hint
+    bits on every page they read, and with the same write-back they ran 15-27% slower. -#}
+{% macro model_write_back() -%}
+set local backend_flush_after = '2MB'
+{%- endmacro %}

@@ -106,7 +106,6 @@ SERVER_SETTINGS: dict[str, str] = {
     "max_wal_size": "'8GB'",
     "checkpoint_timeout": "'15min'",
     "synchronous_commit": "off",
-    "backend_flush_after": "'2MB'",
     "random_page_cost": "1.1",
     "timezone": "'UTC'",
     "log_timezone": "'UTC'",
