@@ -342,18 +342,23 @@ def test_audit_checks_a_change_committed_after_a_build_once_a_build_consumed_it(
     assert run_audit(ops_dsn, sample=0, models=compiled).passed
 
 
+def _project_with_bqx_rows_where(project: Path, condition: str) -> Path:
+    """A copy of the dbt project at `project` whose bqx model writes only the rows that also
+    satisfy `condition` (over its CTE bqx_values): a model that loses rows, for the loud checks."""
+    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns(".venv", ".bqx", "target", "logs", "data", ".git"))
+    model = project / "models" / "features" / "bqx" / "bqx.sql"
+    written = "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }}"
+    assert written in model.read_text(), "bqx.sql no longer selects its rows this way"
+    model.write_text(model.read_text().replace(written, f"{written} and {condition}"))
+    return project
+
+
 def test_a_model_writing_no_row_for_a_pair_with_new_bars_fails_the_build(
     ops_dsn: str, fixture_bars: pd.DataFrame, tmp_path: Path
 ) -> None:
     """Loud failure: a model whose SQL lost a pair (here: a copy of the project with a filter
     added to bqx) stops the build naming the pair, instead of writing nothing quietly."""
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns(".venv", ".bqx", "target", "logs", "data", ".git"))
-    model = project / "models" / "features" / "bqx" / "bqx.sql"
-    model.write_text(model.read_text().replace(
-        "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }}",
-        "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }} and bqx_values.pair <> 'EURJPY'",
-    ))
+    project = _project_with_bqx_rows_where(tmp_path / "project", "bqx_values.pair <> 'EURJPY'")
     load_frame(ops_dsn, _wrong(fixture_bars, pd.Timestamp("2024-07-04 10:00", tz="UTC"), "EURJPY"), "a change for EURJPY")
     done = run_dbt(["run", "--select", "m1_index", "bqx"], ops_dsn, project_dir=project, target_path=tmp_path / "t", capture=True)
     assert done.returncode != 0
@@ -386,14 +391,10 @@ def test_a_full_build_records_the_rows_each_pair_has_even_with_a_row_skipped_ins
         recorded, counted = _rows_written_and_counted(dsn, schema, model)
         assert recorded == counted and set(counted) == {"EURJPY", "GBPUSD"}, model
 
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_DIR, project, ignore=shutil.ignore_patterns(".venv", ".bqx", "target", "logs", "data", ".git"))
-    model = project / "models" / "features" / "bqx" / "bqx.sql"
-    model.write_text(model.read_text().replace(
-        "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }}",
-        "{{ new_feature_rows('bqx_values', ['bar_number'] + bqx_column_names()) }} and not (bqx_values.pair ="
-        " 'EURJPY' and bqx_values.ts_utc between '2024-07-03 10:00+00' and '2024-07-03 10:59+00')",
-    ))
+    project = _project_with_bqx_rows_where(
+        tmp_path / "project",
+        "not (bqx_values.pair = 'EURJPY' and bqx_values.ts_utc between '2024-07-03 10:00+00' and '2024-07-03 10:59+00')",
+    )
     done = run_dbt(["run", "--full-refresh", "--select", "bqx"], dsn, project_dir=project,
                    target_path=tmp_path / "gap", capture=True)
     assert done.returncode == 0, done.stdout[-6000:]
