@@ -49,7 +49,7 @@ T = TypeVar("T")
 # the settings results.md shows beside the figures: what moves a build's time, memory and disk
 REPORTED_SETTINGS = (
     "shared_buffers", "work_mem", "maintenance_work_mem", "effective_cache_size", "max_wal_size",
-    "checkpoint_timeout", "wal_level", "synchronous_commit", "backend_flush_after", "jit", "max_parallel_workers_per_gather",
+    "checkpoint_timeout", "wal_level", "synchronous_commit", "jit", "max_parallel_workers_per_gather",
     "max_parallel_workers", "max_parallel_maintenance_workers", "random_page_cost",
 )  # fmt: skip
 
